@@ -1,6 +1,5 @@
 """Pipeline-wide settings: the profile, the global seed, input limits."""
 
-from __future__ import annotations
 
 import dagster as dg
 

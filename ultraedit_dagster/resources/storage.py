@@ -1,6 +1,5 @@
 """Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource."""
 
-from __future__ import annotations
 
 from functools import cached_property
 

@@ -1,0 +1,40 @@
+"""The warehouse refresh: DuckDB views over the lake, written by one process at a time (pool `duckdb_writer`)."""
+
+
+import dagster as dg
+
+from ..resources.storage import LakeResource
+from ..resources.warehouse import WarehouseResource
+from ..warehouse import LAKE_ASSETS, configure_lake_access, connect_writer, refresh_views
+
+
+def build_warehouse_views(lake_assets: list[str]) -> dg.AssetsDefinition:
+    """The `warehouse_views` asset over whichever lake assets the definitions hold."""
+
+    @dg.asset(
+        deps=lake_assets,
+        group_name="warehouse",
+        kinds={"duckdb"},
+        pool="duckdb_writer",
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def warehouse_views(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        """One DuckDB view per lake asset (`SELECT * FROM source_images WHERE shard = ...`), over the Parquet files
+        of every shard, so analysts query the whole lake from one file."""
+        s3 = {
+            "endpoint_url": lake.s3.endpoint_url,
+            "aws_access_key_id": lake.s3.aws_access_key_id,
+            "aws_secret_access_key": lake.s3.aws_secret_access_key,
+            "region_name": lake.s3.region_name,
+        }
+        with connect_writer(warehouse.path) as con:
+            configure_lake_access(con, lake.lake, s3)
+            counts = refresh_views(con, lake.lake, tuple(a for a in LAKE_ASSETS if a in lake_assets))
+        return dg.MaterializeResult(
+            metadata={
+                "warehouse": dg.MetadataValue.path(warehouse.path),
+                **{f"rows_{a}": (n if n is not None else "not materialized yet") for a, n in counts.items()},
+            }
+        )
+
+    return warehouse_views

@@ -1,0 +1,1 @@
+"""Asset checks, one module per stage, next to the assets they guard."""

@@ -1,0 +1,1 @@
+"""Dagster resources: storage, warehouse and one per model role."""
