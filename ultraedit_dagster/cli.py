@@ -144,6 +144,14 @@ def print_summary(lake) -> None:
     print("  SELECT uid, uri, caption_gt, license FROM source_images WHERE status = 'ok' LIMIT 5;")
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    instance = ensure_instance()
+    limits = {**DEFAULT_POOL_LIMITS, "gpu": gpu_pool_limit()}
+    print(f"Dagster instance at {os.environ['DAGSTER_HOME']}; pool limits: {limits}")
+    instance.dispose()
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     print_summary(_lake())
     return 0
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="register the embedded demo images and materialize the whole graph")
     p.add_argument("--shard-size", type=int, default=DEMO_SHARD_SIZE)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("summary", help="rows and failures per asset in the lake")
     p.set_defaults(func=cmd_summary)

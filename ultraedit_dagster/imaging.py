@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import warnings
 
 import numpy as np
@@ -24,8 +25,10 @@ def decode_image(data: bytes, max_pixels: int = 89_478_485) -> Image.Image:
             fmt = probe.format
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not a decodable image: no known image format recognised") from None
     except Exception as exc:
-        raise ImageRejected(f"not a decodable image: {type(exc).__name__}: {exc}") from None
+        raise ImageRejected(f"not a decodable image: {type(exc).__name__}: {_stable(exc)}") from None
     if width * height > max_pixels:
         raise ImageRejected(
             f"decompression bomb refused: {width}x{height} = {width * height} pixels exceeds {max_pixels}"
@@ -38,8 +41,13 @@ def decode_image(data: bytes, max_pixels: int = 89_478_485) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb refused: {exc}") from None
     except Exception as exc:
-        raise ImageRejected(f"corrupt or truncated {fmt or 'image'} data: {type(exc).__name__}: {exc}") from None
+        raise ImageRejected(f"corrupt or truncated {fmt or 'image'} data: {type(exc).__name__}: {_stable(exc)}") from None
     return image
+
+
+def _stable(exc: Exception) -> str:
+    """An exception message without memory addresses, so failure rows are identical across re-runs."""
+    return re.sub(r" at 0x[0-9a-f]+", "", str(exc))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

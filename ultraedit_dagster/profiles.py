@@ -49,10 +49,29 @@ class RegionGen:
 
 
 @dataclass(frozen=True)
+class RegionMasking:
+    """Tagging, object selection, grounding and mask QC for region_masks (reference.md §4)."""
+
+    tag_min_score: float = 0.02  # softmax probability over the vocabulary
+    max_tags: int = 20
+    max_objects: int = 2
+    box_threshold: float = 0.30
+    text_threshold: float = 0.25
+    max_boxes: int = 0  # 0: every box above the threshold (GroundingDINO's behaviour)
+    min_area: float = 0.01
+    max_area: float = 0.90
+    max_contours: int = 500
+    fine_hull_max_contours: int = 150
+    max_qc_failure_rate: float = 0.5  # asset check (warn): share of region rows failing mask QC
+
+
+@dataclass(frozen=True)
 class Selection:
     free_form_top_k: int = 4
     region_top_k: int = 3
     region_min_passing: int = 3
+    # quality check (warn): a shard's pass_all rate among scored candidates should reach this
+    min_pass_rate: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -75,8 +94,13 @@ class Profile:
     image_size: int = 512
     triplets_per_caption: int = 3
     region_fraction: float = 0.3
+    # text stage: transformers captioner id / local path ("tiny": seeded random BLIP); OpenAI-compatible LLM
+    captioner_model: str = "tiny"
+    llm_model: str = "gpt-4o-mini"
+    llm_base_url: str = ""  # empty: the OpenAI API; else any OpenAI-compatible server (vLLM, llama.cpp)
     free_form: FreeFormGen = field(default_factory=FreeFormGen)
     region: RegionGen = field(default_factory=RegionGen)
+    region_masking: RegionMasking = field(default_factory=RegionMasking)
     selection: Selection = field(default_factory=Selection)
     free_form_thresholds: Thresholds = field(
         default_factory=lambda: Thresholds(0.75, 0.22, 0.2, 0.2, 0.4, "UltraEdit free-form (reference.md §5)")
@@ -104,6 +128,8 @@ TINY = Profile(
     image_size=512,
     free_form=FreeFormGen(candidates_per_triplet=2),
     region=RegionGen(candidates_per_triplet=3),
+    # random tagger / grounder / SAM: keep the top tags and the 2 best boxes; QC failures are expected to be common
+    region_masking=RegionMasking(tag_min_score=0.0, max_tags=8, max_boxes=2, max_qc_failure_rate=1.0),
     selection=Selection(free_form_top_k=4, region_top_k=3, region_min_passing=1),
     # Random-weight encoders give near-random similarities: these thresholds only exercise the selection
     # logic end to end; they say nothing about quality.

@@ -44,7 +44,7 @@ def source_images(context: dg.AssetExecutionContext, lake: LakeResource, pipelin
                     min_side=pipeline.min_image_side,
                     max_pixels=pipeline.max_image_pixels,
                     allowed_prefixes=pipeline.allowed_uri_prefixes,
-                    s3_client_factory=lake.s3.get_client,
+                    s3_client_factory=lake.s3_client,
                 )
                 for row in manifest[start : start + WRITE_BATCH]
             ]

@@ -21,14 +21,8 @@ def build_warehouse_views(lake_assets: list[str]) -> dg.AssetsDefinition:
     def warehouse_views(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         """One DuckDB view per lake asset (`SELECT * FROM source_images WHERE shard = ...`), over the Parquet files
         of every shard, so analysts query the whole lake from one file."""
-        s3 = {
-            "endpoint_url": lake.s3.endpoint_url,
-            "aws_access_key_id": lake.s3.aws_access_key_id,
-            "aws_secret_access_key": lake.s3.aws_secret_access_key,
-            "region_name": lake.s3.region_name,
-        }
         with connect_writer(warehouse.path) as con:
-            configure_lake_access(con, lake.lake, s3)
+            configure_lake_access(con, lake.lake, lake.s3_settings())
             counts = refresh_views(con, lake.lake, tuple(a for a in LAKE_ASSETS if a in lake_assets))
         return dg.MaterializeResult(
             metadata={

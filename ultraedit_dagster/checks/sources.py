@@ -9,9 +9,8 @@ from ..resources.storage import LakeResource
 from .common import shard_connection
 
 
-@dg.asset_check(asset=source_images, blocking=True, description="Every uid in the shard is unique.")
-def source_images_unique_uids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    con = shard_connection(lake, "source_images", context.partition_key)
+def unique_uids_result(con) -> dg.AssetCheckResult:
+    """Duplicate uids in table `t` (an error: a uid names one sample)."""
     rows, dupes = con.execute("SELECT count(*), count(*) - count(DISTINCT uid) FROM t").fetchone()
     examples = [r[0] for r in con.execute("SELECT uid FROM t GROUP BY uid HAVING count(*) > 1 LIMIT 5").fetchall()]
     return dg.AssetCheckResult(
@@ -19,6 +18,11 @@ def source_images_unique_uids(context: dg.AssetCheckExecutionContext, lake: Lake
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows": rows, "duplicate_uids": dupes, "examples": ", ".join(examples)},
     )
+
+
+@dg.asset_check(asset=source_images, blocking=True, description="Every uid in the shard is unique.")
+def source_images_unique_uids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return unique_uids_result(shard_connection(lake, "source_images", context.partition_key))
 
 
 @dg.asset_check(asset=source_images, blocking=False, description="The failed fraction stays under the configured maximum.")

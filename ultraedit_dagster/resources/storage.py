@@ -1,7 +1,7 @@
 """Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource."""
 
 
-from functools import cached_property
+from typing import Optional
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -20,12 +20,21 @@ class LakeResource(dg.ConfigurableResource):
     """
 
     root: str = DEFAULT_LAKE_ROOT
-    s3: S3Resource = S3Resource()
-    _lake: Lake | None = PrivateAttr(default=None)
+    s3: Optional[S3Resource] = None
+    _lake: Optional[Lake] = PrivateAttr(default=None)
+
+    def s3_client(self):
+        """A boto3 S3 client for the configured endpoint (also used to fetch s3:// source images)."""
+        return (self.s3 or S3Resource()).get_client()
+
+    def s3_settings(self) -> dict:
+        s3 = self.s3 or S3Resource()
+        return {"endpoint_url": s3.endpoint_url, "aws_access_key_id": s3.aws_access_key_id,
+                "aws_secret_access_key": s3.aws_secret_access_key, "region_name": s3.region_name}
 
     @property
     def lake(self) -> Lake:
         if self._lake is None:
-            client = self.s3.get_client() if self.root.startswith("s3://") else None
+            client = self.s3_client() if self.root.startswith("s3://") else None
             self._lake = Lake(self.root, s3_client=client)
         return self._lake

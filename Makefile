@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Every target sets up first and is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := python3 -m uv
+STAMP := $(VENV)/.setup-done
+export ULTRAEDIT_HOME ?= $(CURDIR)/.ultraedit
+export DAGSTER_HOME ?= $(ULTRAEDIT_HOME)/dagster
+
+.PHONY: setup system-deps demo test ui bench lock clean
+
+setup: $(STAMP)
+
+# The venv is rebuilt only when the lock or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv $(VENV) --python 3.11 --quiet
+	$(UV) pip sync --python $(PY) --quiet requirements.lock
+	$(UV) pip install --python $(PY) --quiet --no-deps -e .
+	@if [ -f dbt_quality/dbt_project.yml ]; then $(PY) -m ultraedit_dagster.dbt_setup; fi
+	@touch $(STAMP)
+
+# Test-only system packages from Debian: Chromium (gallery screenshot test), PostgreSQL (multi-run test).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium postgresql >/dev/null; \
+	  else echo "note: install chromium and postgresql (Debian packages) to run every test"; fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/ultraedit demo
+
+test: setup system-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+ui: setup
+	$(VENV)/bin/ultraedit init
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: setup
+	$(PY) -m bench.run_all
+
+# Regenerate the hash-pinned lock (no index URLs are written into it).
+lock:
+	$(UV) pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 --no-header -o requirements.lock
+
+clean:
+	rm -rf .ultraedit

@@ -1,0 +1,1 @@
+"""Model loading and building (no Dagster imports)."""
