@@ -95,6 +95,29 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
     return outcome
 
 
+def cmd_materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from .definitions import defs
+    from .partitions import SHARDS_PARTITIONS_NAME
+
+    instance = ensure_instance()
+    known = set(instance.get_dynamic_partitions(SHARDS_PARTITIONS_NAME))
+    missing = [k for k in args.shard if k not in known]
+    if missing:
+        print(f"error: unknown shard(s) {', '.join(missing)}; register a manifest first", file=sys.stderr)
+        return 2
+    job = defs.resolve_job_def("shard_pipeline")
+    selection = [dg.AssetKey(a) for a in args.asset] if args.asset else None
+    ok = True
+    for key in args.shard:
+        result = job.execute_in_process(partition_key=key, instance=instance, asset_selection=selection,
+                                        raise_on_error=False)
+        print(f"{key}: {'success' if result.success else 'FAILED'}")
+        ok &= result.success
+    return 0 if ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .manifests import register_manifest
     from .partitions import SHARDS_PARTITIONS_NAME
@@ -170,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="register the embedded demo images and materialize the whole graph")
     p.add_argument("--shard-size", type=int, default=DEMO_SHARD_SIZE)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("materialize", help="run the per-shard graph (or some assets of it) for the given shards")
+    p.add_argument("--shard", action="append", required=True, help="shard key (repeatable)")
+    p.add_argument("--asset", action="append", help="only these assets (repeatable; default: the whole shard graph)")
+    p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
     p.set_defaults(func=cmd_init)

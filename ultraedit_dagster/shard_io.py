@@ -105,6 +105,7 @@ class Lake:
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp_path, final)
+            _remove_stale_temporaries(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp_path.unlink()
@@ -223,6 +224,16 @@ class Lake:
             except Exception:
                 return False
         return (Path(self.root) / relpath).is_file()
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files left by writers that were killed (SIGKILL, OOM) before they could clean up.
+
+    Called after a successful replace: the shard is complete, so any other temporary in its folder is garbage.
+    """
+    for stale in folder.glob(f".{DATA_FILE}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def _check_relpath(relpath: str) -> None:
