@@ -79,8 +79,10 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
     """Run the whole per-shard graph for each shard, then the unpartitioned release assets."""
     from .definitions import defs
 
-    job = defs.resolve_job_def("shard_pipeline")
     outcome = {}
+    print("materializing the seed pool ...", flush=True)
+    outcome["seed_pool"] = defs.resolve_job_def("seed_pool").execute_in_process(instance=instance, raise_on_error=False).success
+    job = defs.resolve_job_def("shard_pipeline")
     for key in shard_keys:
         print(f"materializing shard {key} ...", flush=True)
         result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)

@@ -8,13 +8,21 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from . import settings
-from .assets import sources
+from .assets import region, sources, text
 from .assets.warehouse import build_warehouse_views
+from .checks import region as region_checks
 from .checks import sources as source_checks
+from .checks import text as text_checks
 from .partitions import shards
 from .profiles import get_profile
+from .resources.captioner import CaptionerResource
+from .resources.grounder import GrounderResource
+from .resources.instruction_writer import InstructionWriterResource
+from .resources.object_selector import ObjectSelectorResource
 from .resources.pipeline import PipelineResource
+from .resources.segmenter import SegmenterResource
 from .resources.storage import LakeResource
+from .resources.tagger import TaggerResource
 from .resources.warehouse import WarehouseResource
 
 
@@ -25,7 +33,8 @@ def _env(name: str) -> dg.EnvVar | None:
 
 profile = get_profile()
 
-shard_assets = [*sources.assets]
+seed_assets = [a for a in text.assets if a.partitions_def is None]
+shard_assets = [*sources.assets, *[a for a in text.assets if a.partitions_def is not None], *region.assets]
 lake_asset_keys = [a.key.path[-1] for a in shard_assets]
 warehouse_views = build_warehouse_views(lake_asset_keys)
 
@@ -34,6 +43,11 @@ shard_pipeline_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*shard_assets),
     partitions_def=shards,
     description="Every per-shard asset, source_images to filtered_release, for one shard.",
+)
+seed_pool_job = dg.define_asset_job(
+    "seed_pool",
+    selection=dg.AssetSelection.assets(*seed_assets),
+    description="The validated human seed pool (unpartitioned) that the instruction writer samples in-context.",
 )
 release_job = dg.define_asset_job(
     "release",
@@ -57,11 +71,19 @@ resources = {
         allowed_uri_prefixes=settings.allowed_uri_prefixes(),
     ),
     "warehouse": WarehouseResource(path=settings.warehouse_path()),
+    "captioner": CaptionerResource.from_profile(profile),
+    "instruction_writer": InstructionWriterResource.from_profile(profile),
+    "tagger": TaggerResource.from_profile(profile),
+    "object_selector": ObjectSelectorResource.from_profile(
+        profile, api_key=_env("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL") or None
+    ),
+    "grounder": GrounderResource.from_profile(profile),
+    "segmenter": SegmenterResource.from_profile(profile),
 }
 
 defs = dg.Definitions(
-    assets=[*shard_assets, warehouse_views],
-    asset_checks=[*source_checks.asset_checks],
-    jobs=[shard_pipeline_job, release_job],
+    assets=[*seed_assets, *shard_assets, warehouse_views],
+    asset_checks=[*source_checks.asset_checks, *text_checks.asset_checks, *region_checks.asset_checks],
+    jobs=[seed_pool_job, shard_pipeline_job, release_job],
     resources=resources,
 )

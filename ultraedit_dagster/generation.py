@@ -29,6 +29,7 @@ batched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -149,8 +150,10 @@ class PairGenerator:
         p2p: P2PConfig = P2PConfig(),
         refine: bool = True,
         blank_std: float = 0.5,
+        working_size: int = 0,
     ) -> None:
         self.pipe = pipe
+        self.working_size = int(working_size)  # 0: generate at the input size; else resize in, generate, resize out
         self.batch_size = max(1, int(batch_size))
         self.p2p = p2p
         self.refine = refine
@@ -159,6 +162,8 @@ class PairGenerator:
         self.slot = install(pipe.unet, p2p)
         self.stats = GenStats()
         self.recorder: Recorder | None = None  # tests: capture attention probabilities
+        self.last_latents: torch.Tensor | None = None
+        self.last_real_latents: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +175,9 @@ class PairGenerator:
         """Results in request order. Failures are results with an error (NaN, blank, out of memory, bad input)."""
         results: dict[str, PairResult] = {}
         groups: dict[tuple, list[PairRequest]] = {}
+        sizes = {r.uid: r.image.size for r in requests}
+        if self.working_size:
+            requests = [self._to_working(r) for r in requests]
         for req in requests:
             key = (req.mode, req.params.steps, req.params.strength, req.params.guidance > 1.0)
             groups.setdefault(key, []).append(req)
@@ -180,7 +188,25 @@ class PairGenerator:
                 start += len(batch)
                 for res in self._run_with_retry(batch):
                     results[res.uid] = res
-        return [results[r.uid] for r in requests]
+        out = [results[r.uid] for r in requests]
+        for res in out:
+            for attr in ("source", "target"):
+                im = getattr(res, attr)
+                if im is not None and im.size != sizes[res.uid]:
+                    setattr(res, attr, im.resize(sizes[res.uid], Image.Resampling.BICUBIC))
+        return out
+
+    def _to_working(self, req: PairRequest) -> PairRequest:
+        size = (self.working_size, self.working_size)
+        if req.image.size == size:
+            return req
+        mask = req.mask
+        if mask is not None:
+            mask = np.asarray(
+                Image.fromarray(np.asarray(mask, dtype=np.float32), mode="F").resize(size, Image.Resampling.BILINEAR),
+                dtype=np.float32,
+            )
+        return dataclasses.replace(req, image=req.image.resize(size, Image.Resampling.BICUBIC), mask=mask)
 
     # -- OOM handling --------------------------------------------------------------------------------------------
 
@@ -326,6 +352,8 @@ class PairGenerator:
         finally:
             self.slot.controller = None
 
+        self.last_latents = latents  # [rows*n, 4, h, w]: the final latents of the last batch (inspection, tests)
+        self.last_real_latents = real
         images = self._decode(latents)  # [rows*n, 3, H, W] in [0, 1]
         if targets_only:
             return images, images

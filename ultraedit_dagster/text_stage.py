@@ -14,7 +14,6 @@ import base64
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
@@ -75,16 +74,11 @@ EDIT_INSTRUCTIONS_SCHEMA = pa.schema(
 # -- CLIP token budget ------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _clip_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer  # ships its BPE vocabulary: works offline
-
-    return SimpleTokenizer()
-
-
 def clip_token_count(text: str) -> int:
     """Tokens CLIP's text encoder sees, including its start and end tokens."""
-    return len(_clip_tokenizer().encode(text)) + 2
+    from .clip_tokens import clip_bpe
+
+    return clip_bpe().count(text) + 2
 
 
 def fit_clip_tokens(text: str, max_tokens: int = MAX_CLIP_TOKENS) -> tuple[str, bool, int]:

@@ -1,6 +1,5 @@
 """Stage III masks: tag the image, select the edited object(s), ground them with GroundingDINO, segment with SAM."""
 
-from __future__ import annotations
 
 import io
 from collections import Counter, defaultdict

@@ -1,7 +1,5 @@
 """Text stage: the seed pool, DALL-E 3-style recaptioning, and LLM / template edit-instruction expansion."""
 
-from __future__ import annotations
-
 import io
 
 import pyarrow as pa

@@ -30,12 +30,8 @@ def _connection(lake: LakeResource, asset: str, shard: str, columns: list[str] |
 RELEASE_SCALARS = ["uid", "idx", "split", "mode", "edit_object", "status", *THRESHOLD_METRICS]
 
 
-@dg.asset_check(asset=filtered_release, blocking=True,
-                description="Every release row satisfies the thresholds of its split (free-form / region).")
-def filtered_release_meets_thresholds(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
-) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", context.partition_key, RELEASE_SCALARS)
+def filtered_release_meets_thresholds_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    con = _connection(lake, "filtered_release", shard, RELEASE_SCALARS)
     profile = pipeline.profile
     violations: dict[str, int] = {}
     examples: list[str] = []
@@ -56,9 +52,15 @@ def filtered_release_meets_thresholds(
     )
 
 
-@dg.asset_check(asset=filtered_release, blocking=True, description="uid and idx are unique and not null in the shard.")
-def filtered_release_unique_ids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", context.partition_key, ["uid", "idx"])
+@dg.asset_check(asset=filtered_release, blocking=True,
+                description="Every release row satisfies the thresholds of its split (free-form / region).")
+def filtered_release_meets_thresholds(context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    return filtered_release_meets_thresholds_result(lake, context.partition_key, pipeline)
+
+
+
+def filtered_release_unique_ids_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    con = _connection(lake, "filtered_release", shard, ["uid", "idx"])
     rows, dup_uid, dup_idx, nulls = con.execute(
         "SELECT count(*), count(*) - count(DISTINCT uid), count(*) - count(DISTINCT idx), "
         "count(*) FILTER (WHERE uid IS NULL OR idx IS NULL OR idx < 0) FROM t").fetchone()
@@ -68,10 +70,14 @@ def filtered_release_unique_ids(context: dg.AssetCheckExecutionContext, lake: La
     )
 
 
-@dg.asset_check(asset=filtered_release, blocking=True,
-                description="Region rows have a mask and an edit_object; free-form rows have neither.")
-def filtered_release_region_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", context.partition_key, ["uid", "split", "edit_object", "mask_image"])
+@dg.asset_check(asset=filtered_release, blocking=True, description="uid and idx are unique and not null in the shard.")
+def filtered_release_unique_ids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return filtered_release_unique_ids_result(lake, context.partition_key)
+
+
+
+def filtered_release_region_masks_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    con = _connection(lake, "filtered_release", shard, ["uid", "split", "edit_object", "mask_image"])
     no_mask, no_object, ff_mask = con.execute(
         "SELECT count(*) FILTER (WHERE split = 'region' AND (mask_image IS NULL OR mask_image.bytes IS NULL "
         "OR octet_length(mask_image.bytes) = 0)), "
@@ -83,6 +89,13 @@ def filtered_release_region_masks(context: dg.AssetCheckExecutionContext, lake: 
         metadata={"region_without_mask": no_mask, "region_without_edit_object": no_object,
                   "free_form_with_mask_or_object": ff_mask},
     )
+
+
+@dg.asset_check(asset=filtered_release, blocking=True,
+                description="Region rows have a mask and an edit_object; free-form rows have neither.")
+def filtered_release_region_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return filtered_release_region_masks_result(lake, context.partition_key)
+
 
 
 def undecodable_images(batches: Any) -> tuple[int, list[str]]:
@@ -105,13 +118,18 @@ def undecodable_images(batches: Any) -> tuple[int, list[str]]:
     return checked, bad
 
 
-@dg.asset_check(asset=filtered_release, blocking=True, description="Every image cell decodes (PIL, fully loaded).")
-def filtered_release_images_decode(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    batches = lake.lake.iter_batches("filtered_release", context.partition_key, batch_size=64,
+def filtered_release_images_decode_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    batches = lake.lake.iter_batches("filtered_release", shard, batch_size=64,
                                      columns=["uid", *IMAGE_COLUMNS])
     checked, bad = undecodable_images(batches)
     return dg.AssetCheckResult(passed=not bad, severity=dg.AssetCheckSeverity.ERROR,
                                metadata={"images_checked": checked, "bad": len(bad), "examples": "; ".join(bad[:10])})
+
+
+@dg.asset_check(asset=filtered_release, blocking=True, description="Every image cell decodes (PIL, fully loaded).")
+def filtered_release_images_decode(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return filtered_release_images_decode_result(lake, context.partition_key)
+
 
 
 # -- metric_scores ----------------------------------------------------------------------------------------------
@@ -119,10 +137,8 @@ def filtered_release_images_decode(context: dg.AssetCheckExecutionContext, lake:
 SCORE_SCALARS = ["candidate_uid", "status", "pass_all", *METRIC_COLUMNS]
 
 
-@dg.asset_check(asset=metric_scores, blocking=True,
-                description="ok rows have every metric, finite and within its valid range (cosines/SSIM in [-1, 1], L1 in [0, 1]).")
-def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    con = _connection(lake, "metric_scores", context.partition_key, SCORE_SCALARS)
+def metric_scores_valid_ranges_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    con = _connection(lake, "metric_scores", shard, SCORE_SCALARS)
     bad: dict[str, int] = {}
     for metric in METRIC_COLUMNS:
         lo, hi = METRIC_RANGES[metric]
@@ -141,12 +157,15 @@ def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: Lak
     )
 
 
-@dg.asset_check(asset=metric_scores, blocking=False,
-                description="The shard's pass rate (pass_all among scored candidates) reaches profile.selection.min_pass_rate.")
-def metric_scores_pass_rate(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
-) -> dg.AssetCheckResult:
-    con = _connection(lake, "metric_scores", context.partition_key, ["mode", "status", "pass_all"])
+@dg.asset_check(asset=metric_scores, blocking=True,
+                description="ok rows have every metric, finite and within its valid range (cosines/SSIM in [-1, 1], L1 in [0, 1]).")
+def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return metric_scores_valid_ranges_result(lake, context.partition_key)
+
+
+
+def metric_scores_pass_rate_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    con = _connection(lake, "metric_scores", shard, ["mode", "status", "pass_all"])
     minimum = pipeline.profile.selection.min_pass_rate
     ok, passed = con.execute("SELECT count(*), count(*) FILTER (WHERE pass_all) FROM t WHERE status = 'ok'").fetchone()
     by_mode = {m: f"{p}/{n}" for m, n, p in con.execute(
@@ -156,6 +175,13 @@ def metric_scores_pass_rate(
         passed=rate >= minimum, severity=dg.AssetCheckSeverity.WARN,
         metadata={"scored": ok, "passed": passed, "pass_rate": rate, "min_pass_rate": minimum, "by_mode": str(by_mode)},
     )
+
+
+@dg.asset_check(asset=metric_scores, blocking=False,
+                description="The shard's pass rate (pass_all among scored candidates) reaches profile.selection.min_pass_rate.")
+def metric_scores_pass_rate(context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    return metric_scores_pass_rate_result(lake, context.partition_key, pipeline)
+
 
 
 def metric_expectations() -> list[Any]:
@@ -209,11 +235,8 @@ def run_metric_expectations(table: pa.Table) -> tuple[bool, list[dict[str, Any]]
     return not failures, failures, count
 
 
-@dg.asset_check(asset=metric_scores, blocking=False,
-                description="great-expectations 1.x suite over metric distributions (values in plausible bands, "
-                            "with `mostly`); failing expectations are listed in the metadata.")
-def metric_scores_expectations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    table = lake.lake.read_table("metric_scores", context.partition_key, columns=["status", *METRIC_COLUMNS])
+def metric_scores_expectations_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    table = lake.lake.read_table("metric_scores", shard, columns=["status", *METRIC_COLUMNS])
     success, failures, count = run_metric_expectations(table)
     md = "| expectation | column / args | observed |\n|---|---|---|\n" + "\n".join(
         f"| {f['expectation']} | {f['kwargs']} | {f['observed']} |" for f in failures)
@@ -222,6 +245,14 @@ def metric_scores_expectations(context: dg.AssetCheckExecutionContext, lake: Lak
         metadata={"expectations": count, "failed": len(failures),
                   "failing_expectations": dg.MetadataValue.md(md if failures else "all expectations met")},
     )
+
+
+@dg.asset_check(asset=metric_scores, blocking=False,
+                description="great-expectations 1.x suite over metric distributions (values in plausible bands, "
+                            "with `mostly`); failing expectations are listed in the metadata.")
+def metric_scores_expectations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return metric_scores_expectations_result(lake, context.partition_key)
+
 
 
 asset_checks = [

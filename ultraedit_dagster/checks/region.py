@@ -1,6 +1,5 @@
 """Checks on `region_masks`: mask sizes and values, non-empty masks on ok rows, the mask-QC failure rate."""
 
-from __future__ import annotations
 
 import io
 

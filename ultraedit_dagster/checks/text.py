@@ -1,7 +1,5 @@
 """Checks on `captions` and `edit_instructions`, run as SQL over the shard's Parquet in an in-memory DuckDB."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from ..assets.text import captions, edit_instructions
@@ -14,7 +12,7 @@ from .common import shard_connection
 _NORM = "rtrim(lower(regexp_replace(trim({c}), '\\s+', ' ', 'g')), '.!?;:, ')"
 
 
-@dg.asset_check(asset=captions, blocking=True, partitions_def=captions.partitions_def,
+@dg.asset_check(asset=captions, blocking=True,
                 description="Every ok row has a non-empty short and descriptive caption and a captioner id.")
 def captions_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
     con = shard_connection(lake, "captions", context.partition_key)
@@ -27,7 +25,7 @@ def captions_complete(context: dg.AssetCheckExecutionContext, lake: LakeResource
                                metadata={"rows": rows, "ok": ok, "incomplete": bad, "short_truncated": truncated})
 
 
-@dg.asset_check(asset=edit_instructions, blocking=True, partitions_def=edit_instructions.partitions_def,
+@dg.asset_check(asset=edit_instructions, blocking=True,
                 description="No ok triplet whose target equals its source (case / trailing punctuation ignored); "
                             "every ok row has one of the nine edit types and a known mode; instruction uids unique.")
 def edit_instructions_valid(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
@@ -51,7 +49,7 @@ def edit_instructions_valid(context: dg.AssetCheckExecutionContext, lake: LakeRe
         "empty_instruction": empty, "duplicate_instruction_uids": dupes})
 
 
-@dg.asset_check(asset=edit_instructions, blocking=False, partitions_def=edit_instructions.partitions_def,
+@dg.asset_check(asset=edit_instructions, blocking=False,
                 description="Parse-failure and request-failure rates (over images with a caption) stay under the "
                             "instruction writer's maximums; reports triplets per type, unique-instruction ratio "
                             "and tokens used.")
