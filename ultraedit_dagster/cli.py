@@ -144,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def print_summary(lake) -> None:
     import duckdb
 
-    from .warehouse import LAKE_ASSETS, sql_string
+    from .warehouse import LAKE_ASSETS
 
     print("\n== ultraedit demo summary ==")
     print(f"{'asset':<20}{'shards':>8}{'rows':>8}{'ok':>8}{'failed':>8}")
@@ -154,9 +154,9 @@ def print_summary(lake) -> None:
         if not shards:
             print(f"{asset:<20}{'-':>8}{'not in graph yet':>24}")
             continue
-        glob = sql_string(lake.asset_glob(asset))
         rows, failed = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM read_parquet({glob}, union_by_name=true)"
+            "SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM read_parquet(?, union_by_name=true)",
+            [lake.asset_glob(asset)],
         ).fetchone()
         print(f"{asset:<20}{len(shards):>8}{rows:>8}{rows - failed:>8}{failed:>8}")
     wh = settings.warehouse_path()
