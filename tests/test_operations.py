@@ -378,9 +378,12 @@ def test_deploy_instance_config_validates(monkeypatch, filename, launcher):
     raw = yaml.safe_load((REPO / "deploy" / filename).read_text())
     assert raw["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}  # never literal
     # the password is read from the environment at load time
+    from dagster_postgres.storage import DagsterPostgresStorage as PostgresStorage
     from dagster_postgres.utils import pg_url_from_config
 
-    assert "secret" in pg_url_from_config(config["storage"]["postgres"])
+    storage = process_config(PostgresStorage.config_type(), config["storage"]["postgres"])
+    assert storage.success, storage.errors
+    assert pg_url_from_config(storage.value) == "postgresql://dagster:secret@db.internal:5432/dagster"
 
 
 def test_deploy_files_and_gpu_tags():

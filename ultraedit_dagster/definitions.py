@@ -8,8 +8,10 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from . import settings
-from .assets import region, sources, text
+from .assets import dbt as dbt_models
+from .assets import quality, region, sources, text
 from .assets.warehouse import build_warehouse_views
+from .checks import quality as quality_checks
 from .checks import region as region_checks
 from .checks import sources as source_checks
 from .checks import text as text_checks
@@ -20,6 +22,7 @@ from .resources.grounder import GrounderResource
 from .resources.instruction_writer import InstructionWriterResource
 from .resources.object_selector import ObjectSelectorResource
 from .resources.pipeline import PipelineResource
+from .resources.scorer import ScorerResource
 from .resources.segmenter import SegmenterResource
 from .resources.storage import LakeResource
 from .resources.tagger import TaggerResource
@@ -34,7 +37,13 @@ def _env(name: str) -> dg.EnvVar | None:
 profile = get_profile()
 
 seed_assets = [a for a in text.assets if a.partitions_def is None]
-shard_assets = [*sources.assets, *[a for a in text.assets if a.partitions_def is not None], *region.assets]
+shard_assets = [
+    *sources.assets,
+    *[a for a in text.assets if a.partitions_def is not None],
+    *region.assets,
+    *[a for a in quality.assets if a.partitions_def is not None],
+]
+release_assets = [a for a in quality.assets if a.partitions_def is None]
 lake_asset_keys = [a.key.path[-1] for a in shard_assets]
 warehouse_views = build_warehouse_views(lake_asset_keys)
 
@@ -51,7 +60,7 @@ seed_pool_job = dg.define_asset_job(
 )
 release_job = dg.define_asset_job(
     "release",
-    selection=dg.AssetSelection.assets(warehouse_views),
+    selection=dg.AssetSelection.assets(warehouse_views, *dbt_models.assets, *release_assets),
     description="The unpartitioned assets that summarise all shards: warehouse views, dbt models, release card.",
 )
 
@@ -79,11 +88,18 @@ resources = {
     ),
     "grounder": GrounderResource.from_profile(profile),
     "segmenter": SegmenterResource.from_profile(profile),
+    "scorer": ScorerResource.from_profile(profile),
+    "dbt": dbt_models.dbt_resource(),
 }
 
 defs = dg.Definitions(
-    assets=[*seed_assets, *shard_assets, warehouse_views],
-    asset_checks=[*source_checks.asset_checks, *text_checks.asset_checks, *region_checks.asset_checks],
+    assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_models.assets, *release_assets],
+    asset_checks=[
+        *source_checks.asset_checks,
+        *text_checks.asset_checks,
+        *region_checks.asset_checks,
+        *quality_checks.asset_checks,
+    ],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],
     resources=resources,
 )

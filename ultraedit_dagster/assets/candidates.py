@@ -1,6 +1,5 @@
 """Stage II/III generation: candidate source/target image pairs per edit triplet (free-form and region)."""
 
-from __future__ import annotations
 
 import io
 import time

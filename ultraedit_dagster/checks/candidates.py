@@ -1,6 +1,5 @@
 """Checks on `edit_candidates`: row integrity (SQL in an in-memory DuckDB, values bound) and the failure rate."""
 
-from __future__ import annotations
 
 import duckdb
 import pyarrow as pa

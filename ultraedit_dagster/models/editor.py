@@ -235,7 +235,7 @@ def load_pretrained(model: str, dtype: torch.dtype = torch.float32, **kwargs: An
         index = Path(model) / "model_index.json"
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             extra.update(safety_checker=None, requires_safety_checker=False)
-    return AutoPipelineForImage2Image.from_pretrained(model, torch_dtype=dtype, **extra, **kwargs)
+    return AutoPipelineForImage2Image.from_pretrained(model, dtype=dtype, **extra, **kwargs)
 
 
 def backend_of(pipe) -> str:

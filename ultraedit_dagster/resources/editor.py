@@ -1,6 +1,5 @@
 """The editor: an SDXL-family (or SD 1.5) img2img pipeline with Prompt-to-Prompt control, loaded lazily."""
 
-from __future__ import annotations
 
 from typing import Any
 
@@ -52,7 +51,7 @@ class EditorResource(dg.ConfigurableResource):
     _generator: Any = PrivateAttr(default=None)
 
     @classmethod
-    def from_profile(cls, profile: Profile, **overrides: Any) -> EditorResource:
+    def from_profile(cls, profile: Profile, **overrides: Any) -> "EditorResource":
         from ..models.editor import TINY_EDITOR, TINY_SD15, TINY_WORKING_SIZE
 
         tiny = profile.editor_model in (TINY_EDITOR, TINY_SD15)
