@@ -21,6 +21,8 @@ from pathlib import Path
 from .common import CallTimer, install_model_timers, write_bench_manifest
 
 MANIFEST_NAME = "bench"
+# dagster's console logger at WARNING: the DEBUG event stream of a 256-sample run is large and not what we measure
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def vm_hwm_mib() -> float | None:
@@ -44,15 +46,47 @@ def rss_mib() -> float | None:
     return None
 
 
+def cap_profile(triplets: int, candidates: int) -> dict:
+    """Replace the active profile (in this process only) by a copy with fewer triplets / candidates."""
+    import dataclasses
+
+    from ultraedit_dagster import profiles
+
+    if not triplets and not candidates:
+        return {}
+    p = profiles.get_profile()
+    changes: dict = {}
+    if triplets:
+        changes["triplets_per_caption"] = min(triplets, p.triplets_per_caption)
+    if candidates:
+        changes["free_form"] = dataclasses.replace(
+            p.free_form, candidates_per_triplet=min(candidates, p.free_form.candidates_per_triplet))
+        changes["region"] = dataclasses.replace(
+            p.region, candidates_per_triplet=min(candidates, p.region.candidates_per_triplet))
+    capped = dataclasses.replace(p, **changes)
+    profiles.PROFILES[p.name] = capped
+    if getattr(profiles, p.name.upper(), None) is p:
+        setattr(profiles, p.name.upper(), capped)
+    return {"triplets_per_caption": capped.triplets_per_caption,
+            "free_form.candidates_per_triplet": capped.free_form.candidates_per_triplet,
+            "region.candidates_per_triplet": capped.region.candidates_per_triplet,
+            "profile_defaults": {"triplets_per_caption": p.triplets_per_caption,
+                                 "free_form.candidates_per_triplet": p.free_form.candidates_per_triplet,
+                                 "region.candidates_per_triplet": p.region.candidates_per_triplet}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--no-timers", action="store_true", help="do not wrap model calls (memory runs)")
+    ap.add_argument("--triplets", type=int, default=0, help="cap triplets per caption (0: the profile's)")
+    ap.add_argument("--candidates", type=int, default=0, help="cap candidates per triplet, both modes (0: the profile's)")
     args = ap.parse_args(argv)
     home = Path(os.environ["ULTRAEDIT_HOME"])
     os.chdir(home)  # anything relative (e.g. an LLM cache dir) lands in the temporary home
     out: dict = {"size": args.size}
     t_import = time.perf_counter()
+    overrides = cap_profile(args.triplets, args.candidates)  # before the definitions read the profile
     from ultraedit_dagster.cli import ensure_instance
     from ultraedit_dagster.definitions import defs
     from ultraedit_dagster.manifests import register_manifest
@@ -60,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from ultraedit_dagster.warehouse import LAKE_ASSETS
 
     out["import_seconds"] = time.perf_counter() - t_import
+    out["profile_overrides"] = overrides
     instance = ensure_instance()
     lake = defs.resources["lake"].lake
     manifest = write_bench_manifest(home / "manifests" / "bench.jsonl", args.size)
@@ -68,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     shard = reg.shard_keys[0]
 
     try:  # untimed: the unpartitioned seed pool the text stage reads
-        defs.resolve_job_def("seed_pool").execute_in_process(instance=instance, raise_on_error=False)
+        defs.resolve_job_def("seed_pool").execute_in_process(instance=instance, raise_on_error=False,
+                                                             run_config=QUIET_RUN_CONFIG)
     except Exception as exc:  # noqa: BLE001 - no seed pool job in this graph
         out["seed_pool_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -81,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     out["rss_before_run_mib"] = rss_mib()
     out["peak_rss_before_run_mib"] = vm_hwm_mib()
     t0 = time.perf_counter()
-    result = job.execute_in_process(partition_key=shard, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(partition_key=shard, instance=instance, raise_on_error=False,
+                                    run_config=QUIET_RUN_CONFIG)
     out["wall_seconds"] = time.perf_counter() - t0
     out["success"] = bool(result.success)
     failures = []

@@ -157,13 +157,24 @@ def test_integrity_check_catches_a_broken_shard(run, tmp_path):
     bad_lake = Lake(str(tmp_path / "lake"))
     broken = [dict(ok, target_image=None), dict(ok, mask_image=None, candidate_uid="x"), dict(ok, status="weird")]
     bad_lake.write_table("edit_candidates", SHARD, pa.Table.from_pylist(broken, schema=EDIT_CANDIDATES_SCHEMA))
-    inst = dg.DagsterInstance.ephemeral()
-    inst.add_dynamic_partitions("shards", [SHARD])
-    ctx = dg.build_asset_check_context(instance=inst, partition_key=SHARD) if hasattr(dg, "build_asset_check_context") else None
-    if ctx is None:
-        pytest.skip("no build_asset_check_context in this dagster")
-    result = candidate_checks.edit_candidates_integrity(ctx, lake=LakeResource(root=str(tmp_path / "lake")))
+    result = candidate_checks.integrity_result(LakeResource(root=str(tmp_path / "lake")), SHARD)
     assert not result.passed
     v = result.metadata["violations"].value
     assert v["ok_without_images"] == 1 and v["region_ok_without_mask"] == 1 and v["bad_status"] == 1
     assert v["duplicate_candidate_uid"] == 1
+
+
+def test_source_mode_real_keeps_the_photo(run, monkeypatch):
+    import dataclasses
+
+    from ultraedit_dagster import profiles
+
+    lake, inst, resources, _ = run
+    real = dataclasses.replace(profiles.TINY, free_form=dataclasses.replace(profiles.TINY.free_form, source_mode="real"))
+    monkeypatch.setitem(profiles.PROFILES, "tiny", real)
+    assert dg.materialize([edit_candidates], partition_key=NO_MASKS, instance=inst, resources=resources).success
+    rows = [r for r in lake.read_table("edit_candidates", NO_MASKS).to_pylist() if r["status"] == "ok"]
+    photo = lake.read_table("source_images", NO_MASKS).to_pylist()[0]["image"]
+    assert rows and all(r["source_is_real"] for r in rows)
+    assert all(r["source_image"] == photo for r in rows if r["image_uid"] == "img-a")
+    assert all(r["target_image"] != photo for r in rows)

@@ -383,7 +383,7 @@ def test_deploy_instance_config_validates(monkeypatch, filename, launcher):
 
     storage = process_config(PostgresStorage.config_type(), config["storage"]["postgres"])
     assert storage.success, storage.errors
-    assert pg_url_from_config(storage.value) == "postgresql://dagster:secret@db.internal:5432/dagster"
+    assert pg_url_from_config(storage.value) == "postgresql+psycopg2://dagster:secret@db.internal:5432/dagster"
 
 
 def test_deploy_files_and_gpu_tags():

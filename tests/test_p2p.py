@@ -134,8 +134,12 @@ def test_controller_step_fraction():
         ctrl.begin_step(k)
         a = ctrl.self_active("x", 4)
         seen.append([False] * 3 if a is None else a.tolist())
-    # floor(p * T) leading steps: 0, 2, 4
+    # round(p * T) leading steps: 0, 2, 4
     assert seen == [[False, True, True], [False, True, True], [False, False, True], [False, False, True]]
+    from ultraedit_dagster.p2p import leading_steps
+
+    assert [leading_steps(f, 1) for f in (0.0, 0.1, 0.49, 0.5, 0.8, 1.0)] == [0, 0, 0, 1, 1, 1]
+    assert [leading_steps(f, 4) for f in (0.1, 0.3, 0.8, 0.9)] == [0, 1, 3, 4]
 
 
 # -- the processors in the tiny UNet ---------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from dagster_aws.s3 import S3Resource
 
 from . import settings
 from .assets import dbt as dbt_models
-from .assets import quality, region, sources, text
+from .assets import candidates, quality, region, sources, text
 from .assets.warehouse import build_warehouse_views
+from .checks import candidates as candidate_checks
 from .checks import quality as quality_checks
 from .checks import region as region_checks
 from .checks import sources as source_checks
@@ -18,6 +19,7 @@ from .checks import text as text_checks
 from .partitions import shards
 from .profiles import get_profile
 from .resources.captioner import CaptionerResource
+from .resources.editor import EditorResource
 from .resources.grounder import GrounderResource
 from .resources.instruction_writer import InstructionWriterResource
 from .resources.object_selector import ObjectSelectorResource
@@ -41,6 +43,7 @@ shard_assets = [
     *sources.assets,
     *[a for a in text.assets if a.partitions_def is not None],
     *region.assets,
+    *candidates.assets,
     *[a for a in quality.assets if a.partitions_def is not None],
 ]
 release_assets = [a for a in quality.assets if a.partitions_def is None]
@@ -88,6 +91,7 @@ resources = {
     ),
     "grounder": GrounderResource.from_profile(profile),
     "segmenter": SegmenterResource.from_profile(profile),
+    "editor": EditorResource.from_profile(profile),
     "scorer": ScorerResource.from_profile(profile),
     "dbt": dbt_models.dbt_resource(),
 }
@@ -98,6 +102,7 @@ defs = dg.Definitions(
         *source_checks.asset_checks,
         *text_checks.asset_checks,
         *region_checks.asset_checks,
+        *candidate_checks.asset_checks,
         *quality_checks.asset_checks,
     ],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],

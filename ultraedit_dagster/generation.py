@@ -3,7 +3,7 @@
 Free-form (reference.md §3): the real image is encoded, noised to the first timestep of an img2img schedule
 (strength s, N inference steps, int(N*s) steps run), and the source caption's and the target caption's images are
 denoised from that *same* noised latent in one batch, the target tied to its source by `p2p` (self-attention
-injection for the first floor(p*T) steps, cross-attention refine on aligned tokens).
+injection for the first round(p*T) steps, cross-attention refine on aligned tokens).
 
 Region (reference.md §4): the same, with an inpainting-style loop: steps alternate between a plain denoising step
 and a masked step after which
@@ -19,7 +19,8 @@ It uses the pipeline's components and `encode_prompt`, and mirrors diffusers' SD
 (`scheduler.set_timesteps` / `set_begin_index`, `add_noise`, `scale_model_input`, `step`, added time ids
 (H, W, 0, 0, H, W)). Differences, on purpose: the image latent is the VAE posterior *mean* (not a sample), so every
 candidate of one image starts from the same anchor and only the candidate's noise differs; CFG is per pair
-(guidance is a per-row factor).
+(guidance is a per-row factor). As in diffusers, classifier-free guidance runs only when guidance > 1: SDXL-Turbo's
+U(0.4, 0.8) and the region choices {0, 0.2, 0.4, 0.6} mean a plain conditional prediction (the value is recorded).
 
 Randomness per pair comes only from the candidate's seed: the initial noise from torch.Generator(seed), the ancestral
 noise of every step from two generators seeded with seed + 1 (one for the source row, one for the target row, drawn in

@@ -12,12 +12,12 @@ defect of the published controller (reference.md §3: it assumes an [uncond; con
 never gets the source's maps and batched pairs contaminate each other).
 
 Control (P2P "refine", as UltraEdit uses it):
-- self-attention injection: during the first floor(p_i * T) of the T denoising steps run, target i's self-attention
+- self-attention injection: during the first round(p_i * T) of the T denoising steps run, target i's self-attention
   probabilities are replaced by source i's, on the self-attention layers the config selects (default: query length
   <= 256, i.e. the 16x16 and smaller resolutions of a 512-px SDXL/SD1.5 UNet, as in P2P). Applied in both CFG groups
   (`control_uncond`), so the guided prediction is structure-tied, not only its conditional half. The target keeps its
   own values V: only *where* it attends is taken from the source.
-- cross-attention refine: during the first floor(cross_fraction * T) steps, on every cross-attention layer,
+- cross-attention refine: during the first round(cross_fraction * T) steps, on every cross-attention layer,
   target i's probability for text position j becomes
       alpha_i[j] * P_src_i[:, mapper_i[j]] + (1 - alpha_i[j]) * P_tgt_i[:, j]
   with (mapper, alpha) from `alignment.refine_mapping` (alpha = 1 for tokens both captions share). Only the
@@ -28,7 +28,13 @@ The step counter is set explicitly by the loop (`controller.begin_step(k)`), nev
 Layers the config selects (all cross-attention layers, the selected self-attention layers) always compute the
 probabilities explicitly (fp32 softmax), with or without a controller; other layers run scaled-dot-product attention
 exactly like diffusers' AttnProcessor2_0. So a controller that controls nothing reproduces a plain generation, and a
-pair's arithmetic does not depend on its batch mates.
+pair's arithmetic does not depend on its batch mates (up to the ~1e-6 rounding differences that GEMM/conv kernels
+themselves show between batch sizes; tests/test_p2p.py measures both).
+
+Step counting: control on steps k < round(f * T) (half up), f = p for self-injection and cross_fraction for refine.
+P2P floors instead (int(f * T)); with SDXL-Turbo's 1-4 steps flooring would leave every single-step candidate
+(N = 3 at strength 0.6) without any control (int(0.8 * 1) = 0), so we round: "the first fraction f of the steps" is
+the nearest whole number of steps. p = 0 never injects, p = 1 always does.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class P2PConfig:
     layer_filter: tuple[str, ...] = ()  # if set, only processors whose name contains one of these substrings
     cross_fraction: float = 0.8  # refine cross-attention for the first fraction of steps (P2P's default); 0: off
     control_uncond: bool = True  # also inject self-attention in the unconditional CFG group
+
+
+def leading_steps(fraction: float, num_steps: int) -> int:
+    """How many leading steps "the first `fraction` of `num_steps` steps" covers: round half up, within [0, T]."""
+    return max(0, min(num_steps, math.floor(float(fraction) * num_steps + 0.5 + 1e-9)))
 
 
 class P2PController:
@@ -83,9 +94,9 @@ class P2PController:
         self.config = config
         self.recorder = recorder
         self.step = 0
-        # number of leading steps with self injection, per pair: floor(p * T) (P2P's convention; p = 1 -> all)
-        self.self_steps = torch.tensor([math.floor(float(p) * num_steps + 1e-9) for p in self_fractions])
-        cross_steps = math.floor(config.cross_fraction * num_steps + 1e-9)
+        # number of leading controlled steps: round(f * T), half up (see the module docstring)
+        self.self_steps = torch.tensor([leading_steps(p, num_steps) for p in self_fractions])
+        cross_steps = leading_steps(config.cross_fraction, num_steps)
         refine = list(refine) if refine is not None else [None] * num_pairs
         if len(refine) != num_pairs:
             raise ValueError(f"{len(refine)} refine mappings for {num_pairs} pairs")

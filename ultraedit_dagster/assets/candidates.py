@@ -1,4 +1,16 @@
-"""Stage II/III generation: candidate source/target image pairs per edit triplet (free-form and region)."""
+"""Stage II/III generation: candidate source/target image pairs per edit triplet (free-form and region).
+
+Rows are streamed: instructions (text only) are indexed by image, source images are read a few at a time, and the
+candidates of several images are generated together (the editor batches across triplets, grouped by the schedule
+they share) and written as row groups as soon as they are done.
+
+`source_mode = real` (profile FreeFormGen): the stored source image is the real photo, not the regenerated one. The
+target is still generated under P2P from the regenerated source (that is what its attention follows). Trade-off: the
+source is a faithful photo and carries no generation artefacts, but the pair is no longer two outputs of the same
+generator, so everything the generator changes besides the edit (texture, colour cast, VAE softening) shows up as a
+difference between source and target, and CLIP-image / DINO / SSIM scores drop accordingly; UltraEdit released
+regenerated sources (reference.md §3). Free-form only: region rows keep the regenerated source.
+"""
 
 
 import io

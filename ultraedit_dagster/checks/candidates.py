@@ -52,7 +52,10 @@ def _connection(lake: LakeResource, shard: str) -> duckdb.DuckDBPyConnection:
                 description="Statuses and errors agree, ok rows have both images, region rows their mask, "
                             "steps x strength >= 1, p in [0, 1], unique candidate uids.")
 def edit_candidates_integrity(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return integrity_result(lake, context.partition_key)
+
+
+def integrity_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
     con = _connection(lake, shard)
     counts = {}
     for name, sql in INTEGRITY_SQL.items():
