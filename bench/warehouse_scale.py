@@ -54,7 +54,27 @@ def _tiny_png() -> bytes:
     return buf.getvalue()
 
 
-def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed: int = 0) -> dict:
+ROW_GROUP_SIZE = ROWS_PER_SHARD  # one row group per shard file (see the note in run())
+
+
+def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed: int = 0, workers: int = 0) -> dict:
+    """Write the synthetic lake, `workers` processes in parallel (0: one per core)."""
+    import multiprocessing as mp
+
+    import ultraedit_dagster.release  # noqa: F401 - imported once here, inherited by the forked workers
+    import ultraedit_dagster.scoring  # noqa: F401
+
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    chunks = [(str(lake_root), list(range(i, n_shards, workers)), rows, seed) for i in range(workers)]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        parts = pool.map(_synthesize_shards, chunks)
+    return {k: sum(p[k] for p in parts) for k in parts[0]}
+
+
+def _synthesize_shards(job: tuple) -> dict:
+    root, shard_ids, rows, seed = job
+    lake_root = Path(root)
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -76,11 +96,11 @@ def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed:
     types = list(EDIT_TYPE_SHARES)
     shares = np.array(list(EDIT_TYPE_SHARES.values()))
     shares = shares / shares.sum()
-    rng = np.random.default_rng(seed)
     n_trip = rows // CANDS_PER_TRIPLET
     totals = {"metric_scores_rows": 0, "filtered_release_rows": 0, "bytes": 0}
     const = {"thresholds_ff": thresholds_text(thr["free_form"]), "thresholds_rg": thresholds_text(thr["region"])}
-    for s in range(n_shards):
+    for s in shard_ids:
+        rng = np.random.default_rng([seed, s])
         shard = f"ultraedit-{s:05d}"
         trip_mode = np.where(rng.random(n_trip) < REGION_FRACTION, "region", "free_form")
         trip_type = np.array(types)[rng.choice(len(types), size=n_trip, p=shares)]
@@ -104,7 +124,6 @@ def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed:
             lo = np.where(is_region, getattr(thr["region"], metric), getattr(thr["free_form"], metric))
             passes[f"pass_{metric}"] = (m[metric] >= lo) & ~failed
         pass_all = np.logical_and.reduce([passes[f"pass_{x}"] for x in THRESHOLD_METRICS])
-        mask = pa.array(failed)
         cols = {
             "candidate_uid": cand_uid, "instruction_uid": np.repeat(trip_uid, CANDS_PER_TRIPLET),
             "image_uid": np.repeat(img_uid, CANDS_PER_TRIPLET), "shard": [shard] * rows, "mode": mode,
@@ -119,12 +138,11 @@ def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed:
             "error": pa.array(["edit_candidates: blank target image (pixel std 0.000 < 0.5)"] * rows, mask=~failed),
             "profile": ["ultraedit"] * rows,
         }
-        _ = mask
         table = pa.table({f.name: pa.array(cols[f.name], type=f.type) if not isinstance(cols[f.name], pa.Array)
                           else cols[f.name] for f in METRIC_SCORES_SCHEMA}, schema=METRIC_SCORES_SCHEMA)
         d = lake_root / "metric_scores" / f"shard={shard}"
         d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, d / "data.parquet", compression="zstd", row_group_size=64)
+        pq.write_table(table, d / "data.parquet", compression="zstd", row_group_size=ROW_GROUP_SIZE)
         totals["metric_scores_rows"] += rows
         totals["bytes"] += (d / "data.parquet").stat().st_size
 
@@ -163,7 +181,7 @@ def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed:
                            else pa.array(rel[f.name], type=f.type) for f in rel_schema}, schema=rel_schema)
         d = lake_root / "filtered_release" / f"shard={shard}"
         d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rtable, d / "data.parquet", compression="zstd", row_group_size=64)
+        pq.write_table(rtable, d / "data.parquet", compression="zstd", row_group_size=ROW_GROUP_SIZE)
         totals["filtered_release_rows"] += k
         totals["bytes"] += (d / "data.parquet").stat().st_size
     return totals
@@ -249,8 +267,8 @@ def time_checks(res: BenchResult, lake_root: Path, shard: str, repeats: int) -> 
     results = {}
     for name, fn in checks.items():
         try:
+            passed = fn().passed  # untimed first call: imports, first-use setup
             med, times = _time(fn, repeats)
-            passed = fn().passed
             results[name] = {"one_shard_s": med, "times": times, "passed_on_synthetic": passed}
             res.add(f"check {name}, one shard", med, "s", f"<= {CHECK_TARGET_S}", med <= CHECK_TARGET_S)
         except Exception as exc:  # noqa: BLE001
@@ -362,6 +380,9 @@ def run(context: dict | None = None) -> BenchResult:
         except Exception as exc:  # noqa: BLE001
             res.notes.append(f"dbt build failed to run: {type(exc).__name__}: {exc}")
             res.details["dbt_error"] = traceback.format_exc()[-2000:]
+    res.notes.append("synthetic shard files are written with one row group each (1,000 rows); the metric_scores asset "
+                     "writes one row group per scorer batch (32 rows by default), which makes files slower to read "
+                     "and write - compact or raise the writer batch for long-lived lakes")
     res.notes.append("generated data deleted after the run")
     return res
 

@@ -163,10 +163,37 @@ def print_summary(lake) -> None:
     print(f"\nlake:      {lake.root}")
     print(f"warehouse: {wh}")
     print(f"dagster:   {settings.dagster_home()}  (make ui, then open http://127.0.0.1:3000)")
-    print("\nTry in `duckdb -readonly " + wh + "` (or python -c 'import duckdb; duckdb.connect(...)'):")
-    print("  SELECT shard, count(*) AS images, count(*) FILTER (WHERE status = 'failed') AS failed FROM source_images GROUP BY shard;")
-    print("  SELECT error, count(*) FROM source_images WHERE status = 'failed' GROUP BY error;")
-    print("  SELECT uid, uri, caption_gt, license FROM source_images WHERE status = 'ok' LIMIT 5;")
+    print(f"\nThree queries to paste into `duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql \"...\"`):")
+    for query in ANALYST_QUERIES:
+        print(f"  {query}")
+
+
+# Shown by `make demo`; the README's analyst guide has more.
+ANALYST_QUERIES = (
+    "SELECT shard, candidates, failed, pass_rate, kept FROM shard_quality ORDER BY pass_rate;",
+    "SELECT edit_type, mode, candidates, round(pass_rate, 3) AS pass_rate, round(mean_clip_sim_dir, 3) AS dir, kept "
+    "FROM edit_type_quality ORDER BY kept DESC;",
+    "SELECT mode, min_clip_sim_image, min_clip_sim_dir, kept_samples FROM threshold_sweep "
+    "WHERE min_clip_sim_caption = 0.20 AND min_dinov2_sim = 0.40 ORDER BY mode, kept_samples DESC LIMIT 10;",
+)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    try:
+        con = duckdb.connect(settings.warehouse_path(), read_only=True)
+    except duckdb.Error as exc:
+        print(f"error: cannot open the warehouse read-only ({exc}); is a writer running?", file=sys.stderr)
+        return 2
+    try:
+        result = con.sql(args.query)
+    except duckdb.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        result.show(max_rows=args.max_rows, max_width=200)
+    return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -203,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")
+    p.add_argument("query")
+    p.add_argument("--max-rows", type=int, default=40)
+    p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("summary", help="rows and failures per asset in the lake")
     p.set_defaults(func=cmd_summary)

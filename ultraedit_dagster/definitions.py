@@ -83,16 +83,16 @@ resources = {
         allowed_uri_prefixes=settings.allowed_uri_prefixes(),
     ),
     "warehouse": WarehouseResource(path=settings.warehouse_path()),
-    "captioner": CaptionerResource.from_profile(profile),
-    "instruction_writer": InstructionWriterResource.from_profile(profile),
-    "tagger": TaggerResource.from_profile(profile),
+    "captioner": CaptionerResource.from_profile(profile, **settings.model_overrides("captioner")),
+    "instruction_writer": InstructionWriterResource.from_profile(profile, **settings.model_overrides("instruction_writer")),
+    "tagger": TaggerResource.from_profile(profile, **settings.model_overrides("tagger")),
     "object_selector": ObjectSelectorResource.from_profile(
         profile, api_key=_env("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL") or None
     ),
-    "grounder": GrounderResource.from_profile(profile),
-    "segmenter": SegmenterResource.from_profile(profile),
-    "editor": EditorResource.from_profile(profile),
-    "scorer": ScorerResource.from_profile(profile),
+    "grounder": GrounderResource.from_profile(profile, **settings.model_overrides("grounder")),
+    "segmenter": SegmenterResource.from_profile(profile, **settings.model_overrides("segmenter")),
+    "editor": EditorResource.from_profile(profile, **settings.model_overrides("editor")),
+    "scorer": ScorerResource.from_profile(profile, **settings.model_overrides("scorer")),
     "dbt": dbt_models.dbt_resource(),
 }
 

@@ -38,3 +38,30 @@ def global_seed() -> int:
 def allowed_uri_prefixes() -> list[str]:
     raw = os.environ.get("ULTRAEDIT_ALLOWED_URI_PREFIXES", "")
     return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+# Where the real weights live. Each variable overrides one field of one model resource (hub ids work where a hub
+# is reachable; local paths always work). Unset variables leave the profile's choice.
+MODEL_OVERRIDES: dict[str, tuple[str, str]] = {
+    "ULTRAEDIT_EDITOR_MODEL": ("editor", "model"),
+    "ULTRAEDIT_CLIP_MODEL": ("scorer", "clip_model"),
+    "ULTRAEDIT_CLIP_PRETRAINED": ("scorer", "clip_pretrained"),
+    "ULTRAEDIT_DINOV2_MODEL": ("scorer", "dinov2_model"),
+    "ULTRAEDIT_TAGGER_CLIP_MODEL": ("tagger", "clip_model"),
+    "ULTRAEDIT_TAGGER_CLIP_PRETRAINED": ("tagger", "clip_pretrained"),
+    "ULTRAEDIT_GROUNDER_MODEL": ("grounder", "model"),
+    "ULTRAEDIT_SAM_MODEL_TYPE": ("segmenter", "model_type"),
+    "ULTRAEDIT_SAM_CHECKPOINT": ("segmenter", "checkpoint"),
+    "ULTRAEDIT_CAPTIONER_MODEL": ("captioner", "model"),
+    "ULTRAEDIT_LLM_MODEL": ("instruction_writer", "model"),
+    "OPENAI_BASE_URL": ("instruction_writer", "base_url"),
+}
+
+
+def model_overrides(resource_key: str) -> dict[str, str]:
+    """The fields of one resource that environment variables override."""
+    return {
+        field: os.environ[var]
+        for var, (key, field) in MODEL_OVERRIDES.items()
+        if key == resource_key and os.environ.get(var)
+    }
