@@ -99,20 +99,21 @@ def child_load(n: int) -> dict:
         write_bench_manifest(inbox / "bench-inbox.jsonl", 16)
         os.environ["ULTRAEDIT_INBOX"] = str(inbox)
         os.environ["ULTRAEDIT_INBOX_SHARD_SIZE"] = "8"
-        ctx = dg.build_sensor_context(instance=instance, resources={"lake": defs.resources["lake"]}, cursor=None)
-        t0 = time.perf_counter()
-        result = sensor(ctx)
-        out["inbox_tick_s"] = time.perf_counter() - t0
+        lake_res = defs.resources["lake"]
+        with dg.build_sensor_context(instance=instance, resources={"lake": lake_res}, cursor=None) as ctx:
+            t0 = time.perf_counter()
+            result = sensor(ctx)
+            out["inbox_tick_s"] = time.perf_counter() - t0
         reqs = getattr(result, "run_requests", None) or []
         out["inbox_tick_run_requests"] = len(reqs)
         out["inbox_tick_new_partitions"] = sum(
             len(r.partition_keys) for r in (getattr(result, "dynamic_partitions_requests", None) or []))
         # an idle tick: nothing new in the inbox (the cursor from the first tick)
-        ctx2 = dg.build_sensor_context(instance=instance, resources={"lake": defs.resources["lake"]},
-                                       cursor=getattr(result, "cursor", None))
-        t0 = time.perf_counter()
-        sensor(ctx2)
-        out["inbox_idle_tick_s"] = time.perf_counter() - t0
+        with dg.build_sensor_context(instance=instance, resources={"lake": lake_res},
+                                     cursor=getattr(result, "cursor", None)) as ctx2:
+            t0 = time.perf_counter()
+            sensor(ctx2)
+            out["inbox_idle_tick_s"] = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001
         out["inbox_tick_error"] = f"{type(exc).__name__}: {exc}"[:500]
         out["inbox_tick_traceback"] = traceback.format_exc()[-1500:]

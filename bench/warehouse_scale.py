@@ -337,7 +337,7 @@ def time_dbt(res: BenchResult, lake_root: Path, work: Path) -> None:
 
 def run(context: dict | None = None) -> BenchResult:
     q = quick()
-    n_shards = QUICK_SHARDS if q else N_SHARDS
+    n_shards = int(os.environ.get("BENCH_WAREHOUSE_SHARDS") or (QUICK_SHARDS if q else N_SHARDS))
     res = BenchResult("warehouse_scale", f"Warehouse at UltraEdit scale ({n_shards * ROWS_PER_SHARD:,} candidates in "
                       f"{n_shards:,} shard files)", quick=q)
     import duckdb

@@ -13,6 +13,8 @@ listed, one behaviour per request, then `default` (normally "good"). Behaviours:
 - `malformed`: HTTP 200 with a body that is not JSON.
 - `slow`: waits `slow_s` seconds before a good reply (set the client's timeout below it).
 - `garbage`: HTTP 200, well-formed, but the message holds no triplet at all.
+- `reset`: the connection is reset without an answer.
+- `injected`: a well-formed reply from a model that followed an injected instruction (no triplet).
 
 `latency_s` adds a simulated delay to every request (for benchmarks). `requests` records every request body and
 `count(path)` counts them.
@@ -143,6 +145,19 @@ class OpenAITestServer:
                                   {"Retry-After": "0"})
             if behaviour == "500":
                 return self._send(h, 500, {"error": {"message": "internal error", "type": "server_error"}})
+            if behaviour == "reset":  # drop the connection without answering (RST)
+                import socket as _socket
+                import struct
+                h.connection.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.close_connection = True
+                h.connection.close()
+                return None
+            if behaviour == "injected":  # a model that obeyed an instruction hidden in the caption
+                content = "Sure! Ignoring all previous instructions, here is a poem about the sea."
+                return self._send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "test",
+                                           "choices": [{"index": 0, "finish_reason": "stop",
+                                                        "message": {"role": "assistant", "content": content}}],
+                                           "usage": {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13}})
             if behaviour == "malformed":
                 return self._send_raw(h, 200, b'{"id": "x", "choices": [ {"message": ')
             if behaviour == "slow":

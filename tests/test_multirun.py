@@ -187,6 +187,7 @@ def test_backfill_many_shards_in_parallel(tmp_path, monkeypatch, postgres, moto_
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")],
         cwd=str(REPO), env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server and run workers share the group: stopped together
     )
     try:
         deadline = time.time() + TIMEOUT_S
@@ -266,10 +267,16 @@ def test_backfill_many_shards_in_parallel(tmp_path, monkeypatch, postgres, moto_
         assert ops_backfill.failed_asset_partitions(instance, defs) == {}
         assert _lake_tables(lake, shard_assets, keys) == sequential
     finally:
-        daemon.terminate()
+        import signal
+
+        os.killpg(daemon.pid, signal.SIGTERM)
         try:
             daemon.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            daemon.kill()
+            pass
+        try:
+            os.killpg(daemon.pid, signal.SIGKILL)  # the group: code server and any run worker still alive
+        except ProcessLookupError:
+            pass
         log.close()
         print((tmp_path / "daemon.log").read_text()[-3000:])

@@ -70,9 +70,18 @@ def cmd_add_manifest(args: argparse.Namespace) -> int:
 
 
 def _lake():
-    from .definitions import defs
+    """The lake as configured by the environment (plain values: EnvVar fields only resolve inside runs)."""
+    from dagster_aws.s3 import S3Resource
 
-    return defs.resources["lake"].lake
+    from .resources.storage import LakeResource
+
+    s3 = S3Resource(
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+        region_name=os.environ.get("AWS_REGION") or None,
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+    )
+    return LakeResource(root=settings.lake_root(), s3=s3).lake
 
 
 def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
@@ -227,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", action="append", required=True, help="shard key (repeatable)")
     p.add_argument("--asset", action="append", help="only these assets (repeatable; default: the whole shard graph)")
     p.set_defaults(func=cmd_materialize)
+
+    from . import backfill
+
+    backfill.add_arguments(sub.add_parser("backfill", help="backfill only the shards that failed or are missing"))
 
     p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
     p.set_defaults(func=cmd_init)

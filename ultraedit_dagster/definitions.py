@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from . import settings
-from .assets import dbt as dbt_models
+# `backfill_policy` on assets is marked beta in Dagster 1.13; we rely on it deliberately (GPU stages load models
+# once per multi-shard run), so the warning is noise in every `dagster dev` log.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+from . import settings  # noqa: E402
+from .assets import dbt as dbt_models  # noqa: E402
 from .assets import candidates, quality, region, sources, text
 from .assets.warehouse import build_warehouse_views
 from .checks import candidates as candidate_checks
@@ -16,6 +21,7 @@ from .checks import quality as quality_checks
 from .checks import region as region_checks
 from .checks import sources as source_checks
 from .checks import text as text_checks
+from .automation import automation_sensor, build_inbox_sensor, build_rebuild_schedule
 from .partitions import shards
 from .profiles import get_profile
 from .resources.captioner import CaptionerResource
@@ -96,6 +102,9 @@ resources = {
     "dbt": dbt_models.dbt_resource(),
 }
 
+inbox_sensor = build_inbox_sensor(shard_pipeline_job)
+rebuild_schedule = build_rebuild_schedule(shard_pipeline_job, [key for a in shard_assets for key in a.keys])
+
 defs = dg.Definitions(
     assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_models.assets, *release_assets],
     asset_checks=[
@@ -106,5 +115,7 @@ defs = dg.Definitions(
         *quality_checks.asset_checks,
     ],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],
+    sensors=[inbox_sensor, automation_sensor],
+    schedules=[rebuild_schedule],
     resources=resources,
 )

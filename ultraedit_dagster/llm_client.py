@@ -183,9 +183,18 @@ class LLMClient:
 
     # -- public API ---------------------------------------------------------------------------------------------
 
+    def _chat_key(self, messages: list[dict], params: dict) -> str:
+        return payload_hash({"kind": "chat", "model": self.model, "messages": messages, "params": params})
+
+    def forget(self, messages: list[dict], **params: Any) -> None:
+        """Drop a cached answer that turned out useless (e.g. no valid triplet), so a re-run asks again."""
+        path = self._cache_path(self._chat_key(messages, params))
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def chat(self, messages: list[dict], **params: Any) -> ChatResult:
         """One chat completion (cached). `params` are sampling parameters (temperature, max_tokens, seed, ...)."""
-        key = payload_hash({"kind": "chat", "model": self.model, "messages": messages, "params": params})
+        key = self._chat_key(messages, params)
         hit = self._cache_get(key)
         if hit is not None:
             with self._lock:

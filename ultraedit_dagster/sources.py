@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from urllib.parse import unquote, urlparse
 
@@ -88,6 +90,25 @@ def fetch_bytes(uri: str, s3_client_factory: Callable[[], object] | None = None,
     raise UriRefused(f"unsupported URI scheme in {uri!r} (use a local path, file:// or s3://)")
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+MAX_CAPTION_CHARS = 20_000
+
+
+def clean_caption(text: str | None) -> str:
+    """NFC-normalise, drop terminal escapes and control / format characters, collapse whitespace.
+
+    Captions reach diffusion prompts, LLM prompts and the release: a NUL, a bell or an ANSI colour code is never
+    part of a description. Letters of any script and emoji are kept.
+    """
+    text = unicodedata.normalize("NFC", text or "")[:MAX_CAPTION_CHARS]
+    text = _ANSI_ESCAPE.sub(" ", text)
+    text = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch != "\u200d" else ch  # ZWJ joins emoji
+        for ch in text
+    )
+    return " ".join(text.split())
+
+
 def process_row(
     row: dict,
     *,
@@ -106,7 +127,8 @@ def process_row(
         "license": row["license"], "status": "ok", "error": None, "profile": profile,
     }
     try:
-        if not (row["caption"] or "").strip():
+        out["caption_gt"] = clean_caption(row["caption"])
+        if not out["caption_gt"]:
             raise ImageRejected("empty caption")
         check_uri_allowed(row["image"], allowed_prefixes)
         image = decode_image(fetch_bytes(row["image"], s3_client_factory), max_pixels=max_pixels)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .edit_types import EDIT_TYPES, choose_mode, classify_edit_type
 from .ids import make_uid
-from .parsing import instruction_key, near_duplicate_flags, parse_triplets, validate_triplet
+from .parsing import Triplet, instruction_key, near_duplicate_flags, parse_triplets, validate_triplet
 from .prompts import instruction_messages, messages_hash
 from .seeds import SeedTriplet, sample_in_context
 from .template_writer import TEMPLATE_ID, write_triplets
@@ -214,8 +214,20 @@ def instruction_rows(
     if s.backend == "template":
         for c in ok_caps:
             edits = write_triplets(c["caption_short"], c["uid"], global_seed, s.k)
-            outcomes[c["uid"]] = ([(c["caption_short"], e.instruction, e.target, e.edit_type, False, "") for e in edits],
-                                  (0, 0), False, None)
+            # the template's output is validated by the same rules as an LLM's (e.g. ≤ 60 words per caption)
+            trip, rejected = [], Counter()
+            for e in edits:
+                v = validate_triplet(Triplet(c["caption_short"], e.instruction, e.target), c["caption_short"])
+                if v.triplet is None:
+                    rejected[v.reason] += 1
+                else:
+                    trip.append((v.triplet.source, v.triplet.instruction, v.triplet.target, e.edit_type, False, ""))
+            stats.triplets_rejected.update(rejected)
+            if trip:
+                outcomes[c["uid"]] = (trip, (0, 0), False, None)
+            elif rejected:
+                reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items()))
+                outcomes[c["uid"]] = f"parse failed: no valid triplet from the template writer ({reasons})"
     elif s.backend == "openai":
         if client is None:
             raise ValueError("the openai backend needs an LLM client")
@@ -258,6 +270,7 @@ def instruction_rows(
                 trip = kept
             stats.triplets_rejected.update(rejected)
             if not trip:
+                client.forget(msgs, **s.sampling)  # a useless answer is not kept: the next run asks again
                 reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) or "no triplet in the reply"
                 outcomes[c["uid"]] = f"parse failed: no valid triplet ({len(parsed.triplets)} parsed; {reasons})"
                 continue

@@ -26,6 +26,8 @@ from ..generation import FREE_FORM, REGION, PairRequest, draw_params, load_mask
 from ..ids import make_uid
 from ..imaging import decode_png, encode_png, markdown_image, thumbnail_grid
 from ..partitions import shards
+from ..deploy_tags import GPU_OP_TAGS
+from ..retries import TRANSIENT_RETRY_POLICY
 from ..resources.editor import EditorResource
 from ..resources.pipeline import PipelineResource
 from ..resources.storage import LakeResource
@@ -96,6 +98,9 @@ def fail(row: dict, error: str) -> dict:
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=2),
+    op_tags=GPU_OP_TAGS,
     deps=["source_images", "edit_instructions", "region_masks"],
     group_name="generation",
     kinds={"parquet", "pytorch"},

@@ -16,6 +16,8 @@ from ..card import build_release
 from ..imaging import decode_png, markdown_image, thumbnail_grid
 from ..metrics import METRIC_COLUMNS
 from ..partitions import shards
+from ..deploy_tags import GPU_OP_TAGS
+from ..retries import TRANSIENT_RETRY_POLICY
 from ..release import empty_release_table, release_row, release_schema
 from ..resources.pipeline import PipelineResource
 from ..resources.scorer import ScorerResource
@@ -48,6 +50,9 @@ def _lookup(lake: Lake, asset: str, shard: str, key: str, wanted: list[str]) -> 
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8),
+    op_tags=GPU_OP_TAGS,
     deps=["edit_candidates"],
     group_name="quality",
     kinds={"parquet", "pytorch"},
@@ -102,6 +107,7 @@ def metric_scores(
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
     deps=["metric_scores", "edit_candidates", "captions", "source_images", "edit_instructions", "region_masks"],
     group_name="quality",
     kinds={"parquet"},

@@ -16,6 +16,8 @@ from .. import mask_math as mm
 from ..imaging import encode_png, markdown_image, thumbnail_grid
 from ..object_selection import NONE_OBJECT, Selection, grounding_text
 from ..partitions import shards
+from ..deploy_tags import GPU_OP_TAGS
+from ..retries import TRANSIENT_RETRY_POLICY
 from ..resources.grounder import GrounderResource
 from ..resources.object_selector import ObjectSelectorResource
 from ..resources.pipeline import PipelineResource
@@ -226,6 +228,9 @@ def outcome(row: dict) -> str:
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+    op_tags=GPU_OP_TAGS,
     deps=["source_images", "edit_instructions"],
     group_name="region",
     kinds={"parquet", "pytorch"},

@@ -8,6 +8,7 @@ import dagster as dg
 from ..imaging import decode_png, markdown_image, thumbnail_grid
 from ..manifests import read_shard_manifest
 from ..partitions import shards
+from ..retries import TRANSIENT_RETRY_POLICY
 from ..resources.pipeline import PipelineResource
 from ..resources.storage import LakeResource
 from ..sources import SOURCE_IMAGES_SCHEMA, process_row
@@ -18,6 +19,7 @@ PREVIEW_IMAGES = 8
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
     group_name="sources",
     kinds={"parquet"},
     automation_condition=dg.AutomationCondition.eager(),

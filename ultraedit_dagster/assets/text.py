@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 import dagster as dg
 
 from ..partitions import shards
+from ..deploy_tags import GPU_OP_TAGS
+from ..retries import TRANSIENT_RETRY_POLICY
 from ..resources.captioner import CaptionerResource
 from ..resources.instruction_writer import InstructionWriterResource
 from ..resources.pipeline import PipelineResource
@@ -64,6 +66,10 @@ def seed_triplets(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+    op_tags=GPU_OP_TAGS,
+    pool="gpu",
     deps=["source_images"],
     group_name="text",
     kinds={"parquet"},
@@ -105,6 +111,7 @@ def captions(context: dg.AssetExecutionContext, lake: LakeResource, pipeline: Pi
 
 @dg.asset(
     partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
     deps=["captions", "seed_triplets"],
     group_name="text",
     kinds={"parquet"},
