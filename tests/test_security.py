@@ -42,3 +42,53 @@ def test_ui_binds_to_loopback():
     makefile = (PACKAGE.parent / "Makefile").read_text()
     ui = [line for line in makefile.splitlines() if "dagster dev" in line]
     assert ui and all("-h 127.0.0.1" in line for line in ui)
+
+
+def test_planted_secrets_never_reach_logs_metadata_lake_or_cache(tmp_path, moto_server):
+    """Run real stages (S3 lake, the openai instruction writer) with planted keys in the environment, then scan
+    the Dagster event log and storage, the lake objects, the LLM cache and the warehouse for them."""
+    import os
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from openai_test_server import OpenAITestServer
+
+    llm_key, aws_secret = "sk-PLANTED-llm-key-5d1c", "PLANTED-aws-secret-9f3e"
+    client = moto_server.client()
+    client.create_bucket(Bucket="lake")
+    home = tmp_path / "home"
+    manifest = PACKAGE / "demo_data" / "manifest.jsonl"
+    with OpenAITestServer() as server:
+        env = {**os.environ, "ULTRAEDIT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+               "ULTRAEDIT_LAKE": "s3://lake/ue", "AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_REGION": "us-east-1",
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": aws_secret,
+               "ULTRAEDIT_PROFILE": "ultraedit", "OPENAI_API_KEY": llm_key, "OPENAI_BASE_URL": server.base_url,
+               "ULTRAEDIT_LLM_MODEL": "test-model"}
+
+        def cli(*args, module=("-m", "ultraedit_dagster.cli")):
+            out = subprocess.run([sys.executable, *module, *args], env=env, cwd=PACKAGE.parent,
+                                 capture_output=True, text=True, timeout=600)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            return out.stdout + out.stderr
+
+        logs = cli("add-manifest", str(manifest), "--name", "sec", "--shard-size", "4")
+        logs += cli(module=("-c", "import dagster as dg; from ultraedit_dagster.definitions import defs; "
+                            "assert defs.resolve_job_def('seed_pool').execute_in_process("
+                            "instance=dg.DagsterInstance.get()).success"))
+        logs += cli("materialize", "--shard", "sec-00000", "--asset", "source_images", "--asset", "captions",
+                    "--asset", "edit_instructions")
+        assert server.count("/chat/completions") == 4, "the LLM stage really ran with the planted key"
+    assert llm_key not in logs and aws_secret not in logs
+    scanned = 0
+    for path in home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += 1
+            assert llm_key.encode() not in data and aws_secret.encode() not in data, path
+    assert scanned > 0
+    objects = client.list_objects_v2(Bucket="lake")["Contents"]
+    assert any("source_images/shard=sec-00000" in o["Key"] for o in objects)
+    for o in objects:
+        body = client.get_object(Bucket="lake", Key=o["Key"])["Body"].read()
+        assert llm_key.encode() not in body and aws_secret.encode() not in body, o["Key"]
