@@ -260,8 +260,9 @@ def write_bench_manifest(path: Path, n: int) -> Path:
 
 
 class CallTimer:
-    """Wraps callables so the time spent inside them is summed per label (outermost call only: nested wrapped
-    calls, e.g. a lazy model load inside a wrapped inference call, are not counted twice)."""
+    """Wraps callables so the time spent inside them is summed per label, exclusively: a wrapped call nested in
+    another (a lazy model load inside an inference call) counts under its own label and not again under the outer
+    one, so `total()` is the wall time spent inside any wrapped call."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -279,18 +280,21 @@ class CallTimer:
         timer = self
 
         def timed(*args, **kwargs):
-            depth = getattr(timer._local, "depth", 0)
-            if depth:
-                return fn(*args, **kwargs)
-            timer._local.depth = 1
+            stack = getattr(timer._local, "stack", None)
+            if stack is None:
+                stack = timer._local.stack = []
+            frame = [0.0]  # time spent in wrapped calls nested inside this one
+            stack.append(frame)
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 dt = time.perf_counter() - t0
-                timer._local.depth = 0
-                with timer._lock:
-                    timer.seconds[label] = timer.seconds.get(label, 0.0) + dt
+                stack.pop()
+                if stack:
+                    stack[-1][0] += dt
+                with timer._lock:  # exclusive time: a nested call (e.g. a lazy load) is counted once, as itself
+                    timer.seconds[label] = timer.seconds.get(label, 0.0) + dt - frame[0]
                     timer.calls[label] = timer.calls.get(label, 0) + 1
 
         timed.__wrapped__ = fn  # type: ignore[attr-defined]

@@ -161,14 +161,18 @@ class Lake:
     def num_rows(self, asset: str, shard: str) -> int:
         return self._parquet_file(asset, shard).metadata.num_rows
 
+    def _s3_relative_keys(self, relprefix: str) -> list[str]:
+        """Every object key under `<root>/<relprefix>`, relative to it (paginated: any number of shards)."""
+        prefix = self._key(relprefix)
+        keys: list[str] = []
+        for page in self.s3_client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return keys
+
     def list_shards(self, asset: str) -> list[str]:
         validate_asset_name(asset)
         if self.is_s3:
-            prefix = self._key(f"{asset}/")
-            keys: list[str] = []
-            for page in self.s3_client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                keys += [o["Key"] for o in page.get("Contents", [])]
-            rels = [k[len(prefix):] for k in keys]
+            rels = self._s3_relative_keys(f"{asset}/")
         else:
             base = Path(self.root) / asset
             rels = [str(p.relative_to(base)) for p in base.glob(f"shard=*/{DATA_FILE}")] if base.exists() else []
@@ -178,11 +182,7 @@ class Lake:
         """Every object under an asset's folder (used by tests and checks to prove one file per shard)."""
         validate_asset_name(asset)
         if self.is_s3:
-            prefix = self._key(f"{asset}/")
-            out: list[str] = []
-            for page in self.s3_client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                out += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
-            return sorted(out)
+            return sorted(self._s3_relative_keys(f"{asset}/"))
         base = Path(self.root) / asset
         return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
 
