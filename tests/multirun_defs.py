@@ -19,4 +19,7 @@ defs = dg.Definitions(
     assets=_shard_assets if _wanted != "all" else list(_project.defs.assets or []),
     asset_checks=[] if _wanted != "all" else list(_project.defs.asset_checks or []),
     resources=dict(_project.defs.resources or {}),
+    # Steps run inside their run's process: each run is still its own OS process launched by the daemon (3 in
+    # flight), but a step does not pay a second interpreter start + import of torch on a 2-core CI box.
+    executor=dg.in_process_executor,
 )
