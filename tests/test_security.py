@@ -92,3 +92,21 @@ def test_planted_secrets_never_reach_logs_metadata_lake_or_cache(tmp_path, moto_
     for o in objects:
         body = client.get_object(Bucket="lake", Key=o["Key"])["Body"].read()
         assert llm_key.encode() not in body and aws_secret.encode() not in body, o["Key"]
+
+
+def test_sql_identifiers_from_outside_are_refused(tmp_path):
+    """Names that reach DDL (asset names, shard keys) are validated; values are bound, never interpolated."""
+    import pyarrow as pa
+
+    from ultraedit_dagster.shard_io import Lake, LakeError
+    from ultraedit_dagster.warehouse import WarehouseError, connect_writer, refresh_views
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_table("source_images", "s-00000", pa.table({"uid": ["a"], "shard": ["s-00000"], "status": ["ok"]}))
+    with connect_writer(str(tmp_path / "wh.duckdb")) as con:
+        for evil in ['x"; DROP TABLE t; --', "source_images; DROP VIEW source_images", "Robert'); --"]:
+            with pytest.raises((LakeError, WarehouseError)):
+                refresh_views(con, lake, (evil,))
+        assert refresh_views(con, lake, ("source_images",))["source_images"] == 1
+    with pytest.raises(ValueError):
+        lake.write_table("source_images", "s-00000'; DROP", pa.table({"uid": ["a"]}))

@@ -89,11 +89,18 @@ resources = {
         allowed_uri_prefixes=settings.allowed_uri_prefixes(),
     ),
     "warehouse": WarehouseResource(path=settings.warehouse_path()),
-    "captioner": CaptionerResource.from_profile(profile, **settings.model_overrides("captioner")),
-    "instruction_writer": InstructionWriterResource.from_profile(profile, **settings.model_overrides("instruction_writer")),
+    "captioner": CaptionerResource.from_profile(
+        profile, cache_dir=settings.llm_cache_dir(), **settings.model_overrides("captioner")
+    ),
+    "instruction_writer": InstructionWriterResource.from_profile(
+        profile, cache_dir=settings.llm_cache_dir(), **settings.model_overrides("instruction_writer")
+    ),
     "tagger": TaggerResource.from_profile(profile, **settings.model_overrides("tagger")),
     "object_selector": ObjectSelectorResource.from_profile(
-        profile, api_key=_env("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL") or None
+        profile,
+        api_key=_env("OPENAI_API_KEY"),
+        base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        cache_dir=settings.llm_cache_dir(),
     ),
     "grounder": GrounderResource.from_profile(profile, **settings.model_overrides("grounder")),
     "segmenter": SegmenterResource.from_profile(profile, **settings.model_overrides("segmenter")),

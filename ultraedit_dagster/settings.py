@@ -65,3 +65,8 @@ def model_overrides(resource_key: str) -> dict[str, str]:
         for var, (key, field) in MODEL_OVERRIDES.items()
         if key == resource_key and os.environ.get(var)
     }
+
+
+def llm_cache_dir() -> str:
+    """Where LLM answers are cached by payload hash (ULTRAEDIT_LLM_CACHE, default $ULTRAEDIT_HOME/llm_cache)."""
+    return os.environ.get("ULTRAEDIT_LLM_CACHE") or str(home() / "llm_cache")

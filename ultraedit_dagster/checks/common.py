@@ -1,16 +1,25 @@
 """What every shard check needs: the shard's Parquet as a table `t` in an in-memory DuckDB."""
 
-
 import duckdb
 
 from ..resources.storage import LakeResource
+from ..shard_io import LakeError
+from ..warehouse import sql_string
 
 
 def shard_connection(lake: LakeResource, asset: str, shard: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the shard registered as `t` (through Arrow, so local and S3 lakes work alike).
+    """An in-memory DuckDB with the shard as `t`.
 
-    Values are always bound as parameters by the callers; nothing untrusted is interpolated into SQL.
+    On a local lake `t` is a view over the Parquet file, so a check reads only the columns its SQL touches (image
+    columns stay on disk); on S3 the shard comes through Arrow. Values are always bound as parameters by the
+    callers; the only literal here is a lake path built from validated asset and shard names.
     """
+    the_lake = lake.lake
     con = duckdb.connect()
-    con.register("t", lake.lake.read_table(asset, shard))
+    if the_lake.is_s3:
+        con.register("t", the_lake.read_table(asset, shard))
+        return con
+    if not the_lake.exists(asset, shard):
+        raise LakeError(f"{asset} has no data for shard {shard!r}: materialize it first")
+    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet({sql_string(the_lake.shard_uri(asset, shard))})")
     return con
