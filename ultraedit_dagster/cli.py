@@ -15,6 +15,8 @@ DEMO_MANIFEST = "demo"
 DEMO_SHARD_SIZE = 8
 # Concurrency pools: one GPU-bound step per GPU, one writer of the DuckDB file.
 DEFAULT_POOL_LIMITS = {"duckdb_writer": 1}
+# The CLI prints warnings and errors; the full DEBUG event stream is in the instance (see `make ui`).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def gpu_pool_limit() -> int:
@@ -90,18 +92,20 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
 
     outcome = {}
     print("materializing the seed pool ...", flush=True)
-    outcome["seed_pool"] = defs.resolve_job_def("seed_pool").execute_in_process(instance=instance, raise_on_error=False).success
+    outcome["seed_pool"] = defs.resolve_job_def("seed_pool").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    ).success
     job = defs.resolve_job_def("shard_pipeline")
     for key in shard_keys:
         print(f"materializing shard {key} ...", flush=True)
-        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET)
         outcome[key] = result.success
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:
                     print(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
     print("materializing release assets ...", flush=True)
-    result = defs.resolve_job_def("release").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("release").execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
     outcome["release"] = result.success
     return outcome
 
@@ -122,7 +126,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     selection = [dg.AssetKey(a) for a in args.asset] if args.asset else None
     ok = True
     for key in args.shard:
-        result = job.execute_in_process(partition_key=key, instance=instance, asset_selection=selection,
+        result = job.execute_in_process(partition_key=key, instance=instance, asset_selection=selection, run_config=QUIET,
                                         raise_on_error=False)
         print(f"{key}: {'success' if result.success else 'FAILED'}")
         ok &= result.success

@@ -11,6 +11,9 @@ from dagster_aws.s3 import S3Resource
 # `backfill_policy` on assets is marked beta in Dagster 1.13; we rely on it deliberately (GPU stages load models
 # once per multi-shard run), so the warning is noise in every `dagster dev` log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+# `shard_pipeline` deliberately mixes policies (GPU stages batch N shards per backfill run; cheap stages run one
+# shard each); Dagster warns about that on every load.
+warnings.filterwarnings("ignore", message=".*materializes assets with varying BackfillPolicies.*")
 
 from . import settings  # noqa: E402
 from .assets import dbt as dbt_models  # noqa: E402

@@ -312,7 +312,7 @@ class PairGenerator:
             for r in batch:
                 if r.mask is None:
                     raise ValueError(f"region request {r.uid} has no mask")
-                mt = torch.as_tensor(np.asarray(r.mask, dtype=np.float32))[None, None]  # [1, 1, H, W]
+                mt = torch.from_numpy(np.array(r.mask, dtype=np.float32))[None, None]  # [1, 1, H, W] (a writable copy)
                 m.append(F.interpolate(mt, size=(h, w), mode="area"))  # [1, 1, h, w]
             masks = torch.cat(m).to(device).repeat(rows, 1, 1, 1)  # [rows*n, 1, h, w]
         real = x0.repeat(rows, 1, 1, 1)  # [rows*n, 4, h, w]

@@ -211,6 +211,7 @@ def run_metric_expectations(table: pa.Table) -> tuple[bool, list[dict[str, Any]]
     df = table.to_pandas()
     ok_df = df[df["status"] == "ok"]
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)  # quiet logs
     source = context.data_sources.add_pandas("metric_scores")
     failures: list[dict[str, Any]] = []
     count = 0
