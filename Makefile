@@ -36,7 +36,7 @@ test: setup system-deps
 
 ui: setup
 	$(VENV)/bin/ultraedit init
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: setup
 	$(PY) -m bench.run_all

@@ -10,6 +10,7 @@ Environment the dbt project reads (set absolutely here when not given):
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,12 @@ def dbt_env(lake_root: str | None = None, warehouse_path: str | None = None) -> 
 
 
 def dbt_executable() -> str:
-    candidate = Path(sys.executable).parent / "dbt"
-    return str(candidate) if candidate.exists() else "dbt"
+    """The dbt installed next to this interpreter (the venv), whatever PATH says: `dagster dev` code servers may
+    start with a PATH that lacks the venv's bin folder."""
+    for candidate in (Path(sys.prefix) / "bin" / "dbt", Path(sys.executable).parent / "dbt"):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("dbt") or "dbt"
 
 
 def parse(quiet: bool = True) -> Path:
