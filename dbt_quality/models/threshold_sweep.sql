@@ -10,9 +10,6 @@
 {%- set dir_grid = [0.10, 0.15, 0.20, 0.22, 0.25, 0.30] %}
 {%- set caption_grid = [0.18, 0.20, 0.22] %}
 {%- set dinov2_grid = [0.30, 0.40, 0.50] %}
-{%- macro level(column, grid) -%}
-    ({% for v in grid %}({{ column }} >= {{ v }})::int{% if not loop.last %} + {% endif %}{% endfor %})
-{%- endmacro %}
 with scored as (
     select instruction_uid, mode, clip_sim_image, clip_sim_dir, clip_sim_source, clip_sim_target, dinov2_sim
     from {{ source('lake', 'metric_scores') }}
@@ -23,10 +20,10 @@ levels as (
     select
         hash(instruction_uid) as triplet_key,  -- an integer key groups much faster than the uid string
         mode,
-        {{ level('clip_sim_image', image_grid) }} as li,
-        {{ level('clip_sim_dir', dir_grid) }} as ld,
-        least({{ level('clip_sim_source', caption_grid) }}, {{ level('clip_sim_target', caption_grid) }}) as lc,
-        {{ level('dinov2_sim', dinov2_grid) }} as ln,
+        {{ grid_level('clip_sim_image', image_grid) }} as li,
+        {{ grid_level('clip_sim_dir', dir_grid) }} as ld,
+        least({{ grid_level('clip_sim_source', caption_grid) }}, {{ grid_level('clip_sim_target', caption_grid) }}) as lc,
+        {{ grid_level('dinov2_sim', dinov2_grid) }} as ln,
         count(*) as n
     from scored
     group by all
