@@ -89,3 +89,14 @@ def moto_server(monkeypatch):
     server.start()
     yield server
     server.stop()
+
+
+def require_system_package(path: str, package: str) -> None:
+    """Skip when a Debian package a test needs is absent, except in CI, where `make test` installs it: there its
+    absence is a failure, so a broken install step cannot turn tests into silent skips."""
+    if Path(path).exists():
+        return
+    message = f"{path} missing: install the Debian package {package} (make system-deps)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from quality_fixtures import write_synthetic_scores_and_release
@@ -13,6 +12,7 @@ from quality_fixtures import write_synthetic_scores_and_release
 from ultraedit_dagster.card import build_release
 from ultraedit_dagster.profiles import TINY, ULTRAEDIT
 from ultraedit_dagster.shard_io import Lake
+from conftest import require_system_package
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -55,8 +55,8 @@ def test_gallery_escapes_text_and_links_existing_images(release):
     assert "no mask (free-form)" in html
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make system-deps)")
 def test_gallery_opens_in_headless_chromium(release, tmp_path):
+    require_system_package(CHROMIUM, "chromium")
     out, summary, _ = release
     page = (out / "gallery" / "index.html").as_uri()
     common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -80,8 +80,7 @@ def test_gallery_opens_in_headless_chromium(release, tmp_path):
 
 def test_gallery_detects_a_broken_image(release, tmp_path):
     """The page's own load probe reports missing images (so the Chromium test above can fail)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed")
+    require_system_package(CHROMIUM, "chromium")
     out, _, _ = release
     copy = tmp_path / "release"
     shutil.copytree(out / "gallery", copy)

@@ -130,3 +130,26 @@ def test_definitions_load_like_dagster_dev(tmp_path):
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert {"source_images_unique_uids", "source_images_failed_fraction"} <= checks
     assert defs.resolve_job_def("shard_pipeline").partitions_def.name == "shards"
+
+
+@pytest.mark.parametrize("on_s3", [False, True])
+def test_replace_folder_swaps_the_release_and_drops_stale_files(tmp_path, request, on_s3):
+    if on_s3:
+        server = request.getfixturevalue("moto_server")
+        client = server.client()
+        client.create_bucket(Bucket="lake")
+        lake = Lake("s3://lake/p", s3_client=client)
+    else:
+        lake = Lake(str(tmp_path / "lake"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "data").mkdir(parents=True)
+    (first / "data" / "old.parquet").write_bytes(b"old")
+    (first / "README.md").write_text("v1")
+    (second / "data").mkdir(parents=True)
+    (second / "data" / "new.parquet").write_bytes(b"new")
+    (second / "README.md").write_text("v2")
+    lake.replace_folder("release", first)
+    lake.replace_folder("release", second)
+    assert lake.read_bytes("release/README.md") == b"v2"
+    assert lake.read_bytes("release/data/new.parquet") == b"new"
+    assert not lake.has_bytes("release/data/old.parquet"), "files the new release lacks are removed"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, require_system_package
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,7 @@ class Postgres:
 
 @pytest.fixture
 def postgres():
-    if _pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (make system-deps installs Debian's postgresql)")
+    require_system_package(str(_pg_bin() or "/usr/lib/postgresql/<version>/bin/postgres"), "postgresql")
     pg = Postgres()
     pg.start()
     yield pg

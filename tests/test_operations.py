@@ -4,13 +4,11 @@ production instance configs."""
 
 import datetime as dt
 import importlib
-import io
 import json
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
 from importlib import resources as importlib_resources
-from pathlib import Path
 
 from . import settings
 
@@ -20,12 +20,12 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def gpu_pool_limit() -> int:
-    try:
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    except Exception:
-        return 1
+    """The number of GPUs, counted without importing torch (every CLI command calls this): the devices that
+    CUDA_VISIBLE_DEVICES names, else the /dev/nvidiaN device files; at least 1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(1, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return max(1, len(glob.glob("/dev/nvidia[0-9]*")))
 
 
 def ensure_instance():
@@ -50,7 +50,6 @@ def ensure_instance():
 def cmd_add_manifest(args: argparse.Namespace) -> int:
     from .manifests import ManifestError, register_manifest
     from .partitions import SHARDS_PARTITIONS_NAME, InvalidShardKey
-    from .shard_io import Lake
 
     instance = ensure_instance()
     lake = _lake()
@@ -72,18 +71,10 @@ def cmd_add_manifest(args: argparse.Namespace) -> int:
 
 
 def _lake():
-    """The lake as configured by the environment (plain values: EnvVar fields only resolve inside runs)."""
-    from dagster_aws.s3 import S3Resource
+    """The lake as configured by the environment."""
+    from .resources.storage import lake_resource_from_env
 
-    from .resources.storage import LakeResource
-
-    s3 = S3Resource(
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=os.environ.get("AWS_REGION") or None,
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-    )
-    return LakeResource(root=settings.lake_root(), s3=s3).lake
+    return lake_resource_from_env(for_definitions=False).lake
 
 
 def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:

@@ -6,7 +6,6 @@ import os
 import warnings
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 # `backfill_policy` on assets is marked beta in Dagster 1.13; we rely on it deliberately (GPU stages load models
 # once per multi-shard run), so the warning is noise in every `dagster dev` log.
@@ -35,7 +34,7 @@ from .resources.object_selector import ObjectSelectorResource
 from .resources.pipeline import PipelineResource
 from .resources.scorer import ScorerResource
 from .resources.segmenter import SegmenterResource
-from .resources.storage import LakeResource
+from .resources.storage import lake_resource_from_env
 from .resources.tagger import TaggerResource
 from .resources.warehouse import WarehouseResource
 
@@ -77,15 +76,7 @@ release_job = dg.define_asset_job(
 )
 
 resources = {
-    "lake": LakeResource(
-        root=settings.lake_root(),
-        s3=S3Resource(
-            endpoint_url=_env("AWS_ENDPOINT_URL"),
-            region_name=os.environ.get("AWS_REGION") or None,
-            aws_access_key_id=_env("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
-        ),
-    ),
+    "lake": lake_resource_from_env(),
     "pipeline": PipelineResource(
         profile_name=profile.name,
         global_seed=settings.global_seed(),

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -158,6 +159,9 @@ class Lake:
         """Stream a shard in record batches, so a shard's images are never all in memory at once."""
         yield from self._parquet_file(asset, shard).iter_batches(batch_size=batch_size, columns=columns)
 
+    def columns(self, asset: str, shard: str) -> list[str]:
+        return list(self._parquet_file(asset, shard).schema_arrow.names)
+
     def num_rows(self, asset: str, shard: str) -> int:
         return self._parquet_file(asset, shard).metadata.num_rows
 
@@ -215,6 +219,27 @@ class Lake:
             raise LakeError(f"missing lake file {path}")
         return path.read_bytes()
 
+    def replace_folder(self, relpath: str, src: Path) -> str:
+        """Replace the folder `<root>/<relpath>` with the local folder `src` (e.g. a release); returns its URI.
+
+        Locally the new folder is swapped in by rename; on S3 every file is uploaded, then objects the new folder
+        does not have are deleted.
+        """
+        _check_relpath(relpath)
+        if not self.is_s3:
+            swap_folder(src, Path(self.root) / relpath)
+            return f"{self.root}/{relpath}"
+        new_keys = set()
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            key = self._key(f"{relpath}/{path.relative_to(src).as_posix()}")
+            self._put_s3(key, str(path))
+            new_keys.add(key)
+        for key in self._s3_relative_keys(f"{relpath}/"):
+            full = self._key(f"{relpath}/{key}")
+            if full not in new_keys:
+                self.s3_client.delete_object(Bucket=self.bucket, Key=full)
+        return f"{self.root}/{relpath}"
+
     def has_bytes(self, relpath: str) -> bool:
         _check_relpath(relpath)
         if self.is_s3:
@@ -224,6 +249,19 @@ class Lake:
             except Exception:
                 return False
         return (Path(self.root) / relpath).is_file()
+
+
+def swap_folder(src: Path, dest: Path) -> None:
+    """Replace local folder `dest` with a copy of `src`: copy beside it, then swap by rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = dest.parent / f".{dest.name}.new", dest.parent / f".{dest.name}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_stale_temporaries(folder: Path) -> None:

@@ -1,8 +1,6 @@
 """Stage 5: metric scores, selection, the filtered release and its card."""
 
 
-import os
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -24,20 +22,16 @@ from ..resources.scorer import ScorerResource
 from ..resources.storage import LakeResource
 from ..scoring import CANDIDATE_COLUMNS, METRIC_SCORES_SCHEMA, score_rows
 from ..selection import select
-from ..shard_io import Lake
+from ..shard_io import Lake, swap_folder
 
 PREVIEW_IMAGES = 8
-
-
-def _columns(lake: Lake, asset: str, shard: str) -> list[str]:
-    return list(lake._parquet_file(asset, shard).schema_arrow.names)
 
 
 def _lookup(lake: Lake, asset: str, shard: str, key: str, wanted: list[str]) -> dict[str, dict[str, Any]]:
     """key -> row of the wanted (non-image) columns of an upstream shard; empty when that shard is missing."""
     if not lake.exists(asset, shard):
         return {}
-    have = _columns(lake, asset, shard)
+    have = lake.columns(asset, shard)
     if key not in have:
         return {}
     cols = [key] + [c for c in wanted if c in have and c != key]
@@ -183,31 +177,12 @@ class ReleaseCardConfig(dg.Config):
 
 
 def publish_folder(src: Path, lake: Lake, release_dir: str) -> str:
-    """Replace the release at its destination with the freshly built folder; returns where it is."""
-    if release_dir or not lake.is_s3:
-        dest = Path(release_dir).expanduser().resolve() if release_dir else Path(lake.root) / "release"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.parent / f".{dest.name}.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(src, staging)
-        old = dest.parent / f".{dest.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
+    """Replace the release at its destination (a local folder, or the lake's `release/`) with the built folder."""
+    if release_dir:
+        dest = Path(release_dir).expanduser().resolve()
+        swap_folder(src, dest)
         return str(dest)
-    new_keys = set()
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = "release/" + str(path.relative_to(src)).replace(os.sep, "/")
-        lake._put_s3(lake._key(rel), str(path))
-        new_keys.add(lake._key(rel))
-    prefix = lake._key("release/")
-    for page in lake.s3_client.get_paginator("list_objects_v2").paginate(Bucket=lake.bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"] not in new_keys:
-                lake.s3_client.delete_object(Bucket=lake.bucket, Key=obj["Key"])
-    return f"{lake.root}/release"
+    return lake.replace_folder("release", src)
 
 
 @dg.asset(deps=[filtered_release], group_name="quality", kinds={"parquet", "html"})

@@ -7,17 +7,19 @@ from ..shard_io import LakeError
 from ..warehouse import sql_string
 
 
-def shard_connection(lake: LakeResource, asset: str, shard: str) -> duckdb.DuckDBPyConnection:
+def shard_connection(
+    lake: LakeResource, asset: str, shard: str, columns: list[str] | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the shard as `t`.
 
     On a local lake `t` is a view over the Parquet file, so a check reads only the columns its SQL touches (image
-    columns stay on disk); on S3 the shard comes through Arrow. Values are always bound as parameters by the
+    columns stay on disk); on S3 the shard comes through Arrow, limited to `columns`. Values are always bound by the
     callers; the only literal here is a lake path built from validated asset and shard names.
     """
     the_lake = lake.lake
     con = duckdb.connect()
     if the_lake.is_s3:
-        con.register("t", the_lake.read_table(asset, shard))
+        con.register("t", the_lake.read_table(asset, shard, columns=columns))
         return con
     if not the_lake.exists(asset, shard):
         raise LakeError(f"{asset} has no data for shard {shard!r}: materialize it first")

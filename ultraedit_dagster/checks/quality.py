@@ -5,7 +5,6 @@ are bound as parameters), plus a great-expectations 1.x suite over the metric di
 import io
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 from PIL import Image
 
@@ -16,13 +15,7 @@ from ..metrics import METRIC_COLUMNS, METRIC_RANGES, THRESHOLD_METRICS
 from ..release import IMAGE_COLUMNS
 from ..resources.pipeline import PipelineResource
 from ..resources.storage import LakeResource
-
-
-def _connection(lake: LakeResource, asset: str, shard: str, columns: list[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the shard (only `columns`, so image bytes are not loaded needlessly) as table `t`."""
-    con = duckdb.connect()
-    con.register("t", lake.lake.read_table(asset, shard, columns=columns))
-    return con
+from .common import shard_connection
 
 
 # -- filtered_release -------------------------------------------------------------------------------------------
@@ -31,7 +24,7 @@ RELEASE_SCALARS = ["uid", "idx", "split", "mode", "edit_object", "status", *THRE
 
 
 def filtered_release_meets_thresholds_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", shard, RELEASE_SCALARS)
+    con = shard_connection(lake, "filtered_release", shard, RELEASE_SCALARS)
     profile = pipeline.profile
     violations: dict[str, int] = {}
     examples: list[str] = []
@@ -60,7 +53,7 @@ def filtered_release_meets_thresholds(context: dg.AssetCheckExecutionContext, la
 
 
 def filtered_release_unique_ids_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", shard, ["uid", "idx"])
+    con = shard_connection(lake, "filtered_release", shard, ["uid", "idx"])
     rows, dup_uid, dup_idx, nulls = con.execute(
         "SELECT count(*), count(*) - count(DISTINCT uid), count(*) - count(DISTINCT idx), "
         "count(*) FILTER (WHERE uid IS NULL OR idx IS NULL OR idx < 0) FROM t").fetchone()
@@ -77,7 +70,7 @@ def filtered_release_unique_ids(context: dg.AssetCheckExecutionContext, lake: La
 
 
 def filtered_release_region_masks_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
-    con = _connection(lake, "filtered_release", shard, ["uid", "split", "edit_object", "mask_image"])
+    con = shard_connection(lake, "filtered_release", shard, ["uid", "split", "edit_object", "mask_image"])
     no_mask, no_object, ff_mask = con.execute(
         "SELECT count(*) FILTER (WHERE split = 'region' AND (mask_image IS NULL OR mask_image.bytes IS NULL "
         "OR octet_length(mask_image.bytes) = 0)), "
@@ -138,7 +131,7 @@ SCORE_SCALARS = ["candidate_uid", "status", "pass_all", *METRIC_COLUMNS]
 
 
 def metric_scores_valid_ranges_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
-    con = _connection(lake, "metric_scores", shard, SCORE_SCALARS)
+    con = shard_connection(lake, "metric_scores", shard, SCORE_SCALARS)
     bad: dict[str, int] = {}
     for metric in METRIC_COLUMNS:
         lo, hi = METRIC_RANGES[metric]
@@ -165,7 +158,7 @@ def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: Lak
 
 
 def metric_scores_pass_rate_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    con = _connection(lake, "metric_scores", shard, ["mode", "status", "pass_all"])
+    con = shard_connection(lake, "metric_scores", shard, ["mode", "status", "pass_all"])
     minimum = pipeline.profile.selection.min_pass_rate
     ok, passed = con.execute("SELECT count(*), count(*) FILTER (WHERE pass_all) FROM t WHERE status = 'ok'").fetchone()
     by_mode = {m: f"{p}/{n}" for m, n, p in con.execute(

@@ -15,14 +15,6 @@ from ..prompts import DESCRIPTIVE_CAPTION_PROMPT, SHORT_CAPTION_PROMPT, vision_m
 from ..text_stage import MAX_CLIP_TOKENS, png_data_url
 
 
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class CaptionerResource(dg.ConfigurableResource):
     """`backend`:
     - `passthrough` (tiny profile): short and descriptive captions are the ground-truth caption.
@@ -83,9 +75,10 @@ class CaptionerResource(dg.ConfigurableResource):
         if self._model is None:
             from ..models.captioner import load_captioner
 
-            dev = _device(self.device)
-            dtype = "float16" if (self.dtype == "auto" and dev.startswith("cuda")) else (
-                "float32" if self.dtype == "auto" else self.dtype)
+            from ..devices import resolve_device, resolve_dtype
+
+            dev = resolve_device(self.device)
+            dtype = str(resolve_dtype(self.dtype, dev)).removeprefix("torch.")
             self._model = (*load_captioner(self.model, dev, dtype, self.seed), dev)
         return self._model
 

@@ -8,21 +8,8 @@ from pydantic import PrivateAttr
 
 import dagster as dg
 
+from ..devices import resolve_device, resolve_dtype
 from ..profiles import Profile
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _dtype(dtype: str, device: str) -> torch.dtype:
-    """fp16 on GPU by default; fp32 on CPU (fp16 matmuls on CPU are slow and lossy)."""
-    if dtype == "auto":
-        return torch.float32 if device.startswith("cpu") else torch.float16
-    return {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-            "fp32": torch.float32, "float32": torch.float32}[dtype]
 
 
 class EditorResource(dg.ConfigurableResource):
@@ -72,10 +59,10 @@ class EditorResource(dg.ConfigurableResource):
             from ..models.editor import load_editor
             from ..p2p import P2PConfig
 
-            device = _device(self.device)
+            device = resolve_device(self.device)
             if device.startswith("cpu") and self.cpu_threads > 0:
                 torch.set_num_threads(self.cpu_threads)
-            pipe = load_editor(self.model, device=device, dtype=_dtype(self.dtype, device), seed=self.seed)
+            pipe = load_editor(self.model, device=device, dtype=resolve_dtype(self.dtype, device), seed=self.seed)
             self._generator = PairGenerator(
                 pipe,
                 batch_size=self.batch_size,

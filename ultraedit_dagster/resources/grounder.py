@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import PrivateAttr
 
 import dagster as dg
 
+from ..devices import resolve_device, use_fp16
 from ..profiles import Profile
-
-
-def resolve_device(device: str) -> str:
-    """"auto": cuda when available, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def use_fp16(dtype: str, device: str) -> bool:
-    """fp16 (through autocast) on GPU by default; always fp32 on CPU."""
-    if device.startswith("cpu"):
-        return False
-    return dtype in ("auto", "fp16", "float16")
 
 
 class GrounderResource(dg.ConfigurableResource):

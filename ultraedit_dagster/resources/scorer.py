@@ -11,23 +11,9 @@ from pydantic import PrivateAttr
 
 import dagster as dg
 
+from ..devices import resolve_device, resolve_dtype
 from ..metrics import clip_similarities, cosine, l1, ssim
 from ..profiles import Profile
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if device.startswith("cpu"):
-        return torch.float32
-    if dtype == "auto":
-        return torch.float16
-    return {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-            "fp32": torch.float32, "float32": torch.float32}[dtype]
 
 
 class ScorerResource(dg.ConfigurableResource):

@@ -9,7 +9,7 @@ from pydantic import PrivateAttr
 import dagster as dg
 
 from ..profiles import Profile
-from .grounder import resolve_device, use_fp16
+from ..devices import resolve_device, use_fp16
 
 
 class SegmenterResource(dg.ConfigurableResource):

@@ -1,12 +1,14 @@
 """Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource."""
 
 
+import os
 from typing import Optional
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
+from .. import settings
 from ..shard_io import Lake
 
 DEFAULT_LAKE_ROOT = ".ultraedit/lake"
@@ -38,3 +40,23 @@ class LakeResource(dg.ConfigurableResource):
             client = self.s3_client() if self.root.startswith("s3://") else None
             self._lake = Lake(self.root, s3_client=client)
         return self._lake
+
+
+def lake_resource_from_env(for_definitions: bool = True) -> LakeResource:
+    """The lake configured by ULTRAEDIT_LAKE / ULTRAEDIT_HOME and the AWS_* variables.
+
+    For the definitions, credentials stay `dg.EnvVar`s (resolved inside runs, never written into run config or
+    logs); outside a run (the CLI) they are read directly, because an EnvVar field cannot be read there.
+    """
+    def env(name: str):
+        if not os.environ.get(name):
+            return None
+        return dg.EnvVar(name) if for_definitions else os.environ[name]
+
+    s3 = S3Resource(
+        endpoint_url=env("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("AWS_REGION") or None,
+        aws_access_key_id=env("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env("AWS_SECRET_ACCESS_KEY"),
+    )
+    return LakeResource(root=settings.lake_root(), s3=s3)

@@ -9,7 +9,7 @@ from pydantic import PrivateAttr
 import dagster as dg
 
 from ..profiles import Profile
-from .grounder import resolve_device
+from ..devices import resolve_device, resolve_dtype
 
 
 class TaggerResource(dg.ConfigurableResource):
@@ -43,13 +43,12 @@ class TaggerResource(dg.ConfigurableResource):
 
     def load(self):
         if self._tagger is None:
-            import torch
 
             from ..models.tagger import load_tagger
             from ..object_selection import load_vocabulary
 
             device = resolve_device(self.device)
-            dtype = None if device.startswith("cpu") or self.dtype in ("fp32", "float32") else torch.float16
+            dtype = resolve_dtype(self.dtype, device)
             self._tagger = load_tagger(
                 self.clip_model, self.clip_pretrained, vocabulary=load_vocabulary(self.vocabulary_path or None),
                 device=device, dtype=dtype, seed=self.seed,
