@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 export ULTRAEDIT_HOME ?= $(CURDIR)/.ultraedit
 export DAGSTER_HOME ?= $(ULTRAEDIT_HOME)/dagster
 
-.PHONY: setup system-deps demo test ui bench lock clean
+.PHONY: setup system-deps demo test test-fast lint format ui bench lock clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(UV) venv $(VENV) --python 3.11 --quiet
 	$(UV) pip sync --python $(PY) --quiet requirements.lock
 	$(UV) pip install --python $(PY) --quiet --no-deps -e .
-	@if [ -f dbt_quality/dbt_project.yml ]; then $(PY) -m ultraedit_dagster.dbt_setup; fi
+	$(PY) -m ultraedit_dagster.lake.dbt_project
 	@touch $(STAMP)
 
 # Test-only system packages from Debian: Chromium (gallery screenshot test), PostgreSQL (multi-run test).
@@ -34,8 +34,22 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# For iteration: everything but the tests marked slow (end-to-end runs, daemon, installs).
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+# Lint (ruff: pyflakes, pycodestyle, bugbear, import order) and the formatter's check; `make format` fixes both.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 ui: setup
 	$(VENV)/bin/ultraedit init
+	$(PY) -m ultraedit_dagster.lake.dbt_project
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: setup

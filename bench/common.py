@@ -27,8 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DEMO_DIR = REPO_ROOT / "ultraedit_dagster" / "demo_data"
 # environment a bench child must not inherit from the caller (it points at the user's own state)
-STATE_ENV = ("ULTRAEDIT_HOME", "DAGSTER_HOME", "ULTRAEDIT_LAKE", "ULTRAEDIT_WAREHOUSE", "ULTRAEDIT_INBOX",
-             "ULTRAEDIT_INBOX_SHARD_SIZE", "ULTRAEDIT_PROFILE")
+STATE_ENV = (
+    "ULTRAEDIT_HOME",
+    "DAGSTER_HOME",
+    "ULTRAEDIT_LAKE",
+    "ULTRAEDIT_WAREHOUSE",
+    "ULTRAEDIT_INBOX",
+    "ULTRAEDIT_INBOX_SHARD_SIZE",
+    "ULTRAEDIT_PROFILE",
+)
 
 
 def quick() -> bool:
@@ -62,7 +69,9 @@ class BenchResult:
     error: str | None = None
     seconds: float = 0.0
 
-    def add(self, name: str, value, unit: str = "", target: str = "", met: bool | None = None, note: str = "") -> Figure:
+    def add(
+        self, name: str, value, unit: str = "", target: str = "", met: bool | None = None, note: str = ""
+    ) -> Figure:
         fig = Figure(name, _round(value), unit, target, met, note)
         self.figures.append(fig)
         return fig
@@ -161,8 +170,10 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM, torch {m.get('torch')}, "
-            f"device {m.get('device')}, python {m.get('python')}")
+    return (
+        f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM, torch {m.get('torch')}, "
+        f"device {m.get('device')}, python {m.get('python')}"
+    )
 
 
 # -- fresh state ----------------------------------------------------------------------------------------------------
@@ -251,8 +262,18 @@ def write_bench_manifest(path: Path, n: int) -> Path:
             caption = r["caption"] if not prefix else prefix + r["caption"][0].lower() + r["caption"][1:]
             if copy >= len(VARIANTS):
                 caption = f"{caption.rstrip('.')} (view {copy})."
-            fh.write(json.dumps({"id": f"{r['id']}-{i:05d}", "image": r["image"], "caption": caption,
-                                 "source": r.get("source"), "license": r.get("license")}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"{r['id']}-{i:05d}",
+                        "image": r["image"],
+                        "caption": caption,
+                        "source": r.get("source"),
+                        "license": r.get("license"),
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -346,24 +367,24 @@ class CallTimer:
 # Model and encoder calls of every stage (module, attribute, label). Loaders are wrapped too: a lazy load is model
 # time (and reported as its own label when it happens outside an inference call).
 MODEL_CALLS: list[tuple[str, str, str]] = [
-    ("ultraedit_dagster.resources.captioner", "CaptionerResource.caption", "captioner"),
-    ("ultraedit_dagster.text_stage", "write_triplets", "instruction_writer(template)"),
-    ("ultraedit_dagster.llm_client", "LLMClient.chat_many", "llm(chat_many)"),
-    ("ultraedit_dagster.llm_client", "LLMClient.moderate", "llm(moderation)"),
-    ("ultraedit_dagster.resources.tagger", "TaggerResource.tag", "tagger"),
-    ("ultraedit_dagster.resources.object_selector", "ObjectSelectorResource.select_many", "object_selector"),
-    ("ultraedit_dagster.resources.grounder", "GrounderResource.detect", "grounder"),
-    ("ultraedit_dagster.resources.segmenter", "SegmenterResource.segment", "segmenter"),
-    ("ultraedit_dagster.generation", "PairGenerator.generate", "editor"),
-    ("ultraedit_dagster.resources.scorer", "ScorerResource.score", "scorer"),
+    ("ultraedit_dagster.text.resources", "CaptionerResource.caption", "captioner"),
+    ("ultraedit_dagster.text.rows", "write_triplets", "instruction_writer(template)"),
+    ("ultraedit_dagster.core.llm_client", "LLMClient.chat_many", "llm(chat_many)"),
+    ("ultraedit_dagster.core.llm_client", "LLMClient.moderate", "llm(moderation)"),
+    ("ultraedit_dagster.regions.resources", "TaggerResource.tag", "tagger"),
+    ("ultraedit_dagster.regions.resources", "ObjectSelectorResource.select_many", "object_selector"),
+    ("ultraedit_dagster.regions.resources", "GrounderResource.detect", "grounder"),
+    ("ultraedit_dagster.regions.resources", "SegmenterResource.segment", "segmenter"),
+    ("ultraedit_dagster.editing.generation", "PairGenerator.generate", "editor"),
+    ("ultraedit_dagster.scoring.resources", "ScorerResource.score", "scorer"),
     # loaders (lazy, first use)
     ("ultraedit_dagster.models.editor", "load_editor", "load:editor"),
     ("ultraedit_dagster.models.clip", "load_clip", "load:clip"),
     ("ultraedit_dagster.models.dinov2", "load_dinov2", "load:dinov2"),
     ("ultraedit_dagster.models.captioner", "load_captioner", "load:captioner"),
-    ("ultraedit_dagster.resources.tagger", "TaggerResource.load", "load:tagger"),
-    ("ultraedit_dagster.resources.grounder", "GrounderResource.load", "load:grounder"),
-    ("ultraedit_dagster.resources.segmenter", "SegmenterResource.load", "load:segmenter"),
+    ("ultraedit_dagster.regions.resources", "TaggerResource.load", "load:tagger"),
+    ("ultraedit_dagster.regions.resources", "GrounderResource.load", "load:grounder"),
+    ("ultraedit_dagster.regions.resources", "SegmenterResource.load", "load:segmenter"),
 ]
 
 

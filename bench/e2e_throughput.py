@@ -51,8 +51,8 @@ def summarize_runs(runs: list[dict]) -> dict:
     model = [r["model_seconds_total"] for r in runs]
     loads = [sum(v for k, v in r["model_seconds"].items() if k.startswith("load:")) for r in runs]
     size = runs[0]["size"]
-    overhead = [w / m if m else None for w, m in zip(walls, model)]
-    overhead_nl = [(w - ld) / (m - ld) if m - ld > 0 else None for w, m, ld in zip(walls, model, loads)]
+    overhead = [w / m if m else None for w, m in zip(walls, model, strict=True)]
+    overhead_nl = [(w - ld) / (m - ld) if m - ld > 0 else None for w, m, ld in zip(walls, model, loads, strict=True)]
     by_label: dict[str, list[float]] = {}
     for r in runs:
         for k, v in r["model_seconds"].items():
@@ -62,14 +62,19 @@ def summarize_runs(runs: list[dict]) -> dict:
         for k, v in r.get("step_seconds", {}).items():
             steps.setdefault(k, []).append(v)
     return {
-        "size": size, "runs": len(runs), "wall_seconds": walls, "wall_median": median(walls),
-        "samples_per_s": size / median(walls), "model_seconds_median": median(model),
+        "size": size,
+        "runs": len(runs),
+        "wall_seconds": walls,
+        "wall_median": median(walls),
+        "samples_per_s": size / median(walls),
+        "model_seconds_median": median(model),
         "load_seconds_median": median(loads),
-        "overhead_median": median([o for o in overhead if o]), "overhead_excl_loads_median": median(
-            [o for o in overhead_nl if o]),
+        "overhead_median": median([o for o in overhead if o]),
+        "overhead_excl_loads_median": median([o for o in overhead_nl if o]),
         "model_seconds_by_call_median": {k: median(v) for k, v in by_label.items()},
         "step_seconds_median": {k: median(v) for k, v in steps.items()},
-        "rows": runs[-1].get("rows", {}), "success": [r.get("success") for r in runs],
+        "rows": runs[-1].get("rows", {}),
+        "success": [r.get("success") for r in runs],
         "step_failures": sorted({f for r in runs for f in r.get("step_failures", [])}),
         "peak_rss_mib": [r.get("peak_rss_mib") for r in runs],
         "process_seconds": [r.get("process_seconds") for r in runs],
@@ -78,7 +83,9 @@ def summarize_runs(runs: list[dict]) -> dict:
 
 def run(context: dict | None = None) -> BenchResult:
     q = quick()
-    res = BenchResult("e2e_throughput", "End-to-end shard throughput and orchestration overhead (tiny profile)", quick=q)
+    res = BenchResult(
+        "e2e_throughput", "End-to-end shard throughput and orchestration overhead (tiny profile)", quick=q
+    )
     triplets = _int_env("BENCH_E2E_TRIPLETS", 1)
     candidates = _int_env("BENCH_E2E_CANDIDATES", 1)
     budget = _int_env("BENCH_E2E_BUDGET_S", 120 if q else 600)
@@ -98,19 +105,27 @@ def run(context: dict | None = None) -> BenchResult:
             projected = fixed_proc + b["wall_median"] + slope * (size - b["size"])
             left = budget - (time.perf_counter() - t_start)
             runs_here = max(1, min(want_runs, math.floor(left / projected))) if projected > 0 else want_runs
-            res.details["projection_for_largest"] = {"projected_run_seconds": projected, "budget_left_s": left,
-                                                     "runs": runs_here}
+            res.details["projection_for_largest"] = {
+                "projected_run_seconds": projected,
+                "budget_left_s": left,
+                "runs": runs_here,
+            }
             if runs_here < want_runs:
-                res.notes.append(f"{runs_here} run(s) at {size} samples (not {want_runs}): one run was projected "
-                                 f"at {projected:.0f} s with {left:.0f} s of the {budget} s budget left")
+                res.notes.append(
+                    f"{runs_here} run(s) at {size} samples (not {want_runs}): one run was projected "
+                    f"at {projected:.0f} s with {left:.0f} s of the {budget} s budget left"
+                )
         runs = []
         for _ in range(runs_here):
             runs.append(run_shard(size, triplets, candidates))
         raw[size] = runs
         per_size[size] = summarize_runs(runs)
         s = per_size[size]
-        print(f"  e2e {size} samples: wall {s['wall_median']:.1f} s (runs {[round(w, 1) for w in s['wall_seconds']]}), "
-              f"overhead {s['overhead_median']:.2f}", flush=True)
+        print(
+            f"  e2e {size} samples: wall {s['wall_median']:.1f} s (runs {[round(w, 1) for w in s['wall_seconds']]}), "
+            f"overhead {s['overhead_median']:.2f}",
+            flush=True,
+        )
     first = raw[sizes[0]][0]
     res.details["graph_assets"] = first.get("assets")
     res.details["profile_overrides"] = first.get("profile_overrides")
@@ -123,25 +138,41 @@ def run(context: dict | None = None) -> BenchResult:
     largest = sizes[-1]
     for size in sizes:
         s = per_size[size]
-        res.add(f"samples/s, shard of {size}", s["samples_per_s"], "samples/s",
-                note=f"median of {s['runs']} run(s), wall {s['wall_median']:.1f} s")
+        res.add(
+            f"samples/s, shard of {size}",
+            s["samples_per_s"],
+            "samples/s",
+            note=f"median of {s['runs']} run(s), wall {s['wall_median']:.1f} s",
+        )
     for size in sizes:
         s = per_size[size]
         is_target = size == largest
-        res.add(f"orchestration overhead, shard of {size}", s["overhead_median"], "x (wall / model time)",
-                f"<= {OVERHEAD_TARGET} at {largest}" if is_target else "",
-                (s["overhead_median"] <= OVERHEAD_TARGET) if is_target and s["overhead_median"] else None,
-                note=f"excluding model loads: {s['overhead_excl_loads_median']:.2f}"
-                if s["overhead_excl_loads_median"] else "")
+        res.add(
+            f"orchestration overhead, shard of {size}",
+            s["overhead_median"],
+            "x (wall / model time)",
+            f"<= {OVERHEAD_TARGET} at {largest}" if is_target else "",
+            (s["overhead_median"] <= OVERHEAD_TARGET) if is_target and s["overhead_median"] else None,
+            note=f"excluding model loads: {s['overhead_excl_loads_median']:.2f}"
+            if s["overhead_excl_loads_median"]
+            else "",
+        )
     if len(sizes) >= 2:
         a, b = per_size[sizes[-2]], per_size[sizes[-1]]
         lin = (b["wall_median"] / b["size"]) / (a["wall_median"] / a["size"])
-        res.add(f"per-sample cost at {sizes[-1]} / at {sizes[-2]}", lin, "x", f"<= {LINEARITY_TARGET} (linear)",
-                lin <= LINEARITY_TARGET)
+        res.add(
+            f"per-sample cost at {sizes[-1]} / at {sizes[-2]}",
+            lin,
+            "x",
+            f"<= {LINEARITY_TARGET} (linear)",
+            lin <= LINEARITY_TARGET,
+        )
     ok = all(all(s["success"]) for s in per_size.values())
     if not ok:
-        res.notes.append("some shard runs did not succeed: " + "; ".join(
-            f for s in per_size.values() for f in s["step_failures"])[:800])
+        res.notes.append(
+            "some shard runs did not succeed: "
+            + "; ".join(f for s in per_size.values() for f in s["step_failures"])[:800]
+        )
     for m in first.get("timers_missing") or []:
         res.skipped.append(f"timer not installed: {m}")
     assets = first.get("assets") or []
@@ -151,7 +182,8 @@ def run(context: dict | None = None) -> BenchResult:
         res.notes.append(
             f"profile capped for the time budget: {o['triplets_per_caption']} triplet(s) per caption, "
             f"{o['free_form.candidates_per_triplet']} free-form / {o['region.candidates_per_triplet']} region "
-            f"candidate(s) per triplet (profile: {o['profile_defaults']})")
+            f"candidate(s) per triplet (profile: {o['profile_defaults']})"
+        )
     missing = [a for a in ("edit_candidates", "metric_scores", "filtered_release") if a not in assets]
     if missing:
         res.notes.append(f"not in shard_pipeline yet, so not measured: {', '.join(missing)}")

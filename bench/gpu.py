@@ -22,7 +22,7 @@ from .common import RESULTS_DIR, BenchResult, machine, machine_line, median, pri
 
 
 def _requests(n: int, profile):
-    from ultraedit_dagster.generation import FREE_FORM, PairRequest, draw_params
+    from ultraedit_dagster.editing.generation import FREE_FORM, PairRequest, draw_params
 
     from .stage_batching import _load_images
 
@@ -30,16 +30,24 @@ def _requests(n: int, profile):
     out = []
     for i, (im, cap) in enumerate(images):
         uid = f"gpu-bench-{i}"
-        out.append(PairRequest(uid=uid, mode=FREE_FORM, image=im, source_caption=cap,
-                               target_caption=cap.rstrip(".") + " with a small red ball next to it.",
-                               params=draw_params(0, uid, FREE_FORM, profile.free_form), image_key=f"img{i % 16}"))
+        out.append(
+            PairRequest(
+                uid=uid,
+                mode=FREE_FORM,
+                image=im,
+                source_caption=cap,
+                target_caption=cap.rstrip(".") + " with a small red ball next to it.",
+                params=draw_params(0, uid, FREE_FORM, profile.free_form),
+                image_key=f"img{i % 16}",
+            )
+        )
     return out
 
 
 def bench_editor(res: BenchResult, profile, n: int, batch: int) -> None:
     import torch
 
-    from ultraedit_dagster.resources.editor import EditorResource
+    from ultraedit_dagster.editing.resources import EditorResource
 
     editor = EditorResource.from_profile(profile, batch_size=batch)
     t0 = time.perf_counter()
@@ -63,8 +71,14 @@ def bench_editor(res: BenchResult, profile, n: int, batch: int) -> None:
         failed = [r.error for r in out if not r.ok]
         if failed:
             res.notes.append(f"editor: {len(failed)} of {len(out)} pairs failed ({failed[0]})")
-    res.add("candidate pairs/s (ultraedit editor)", median(rates), "pairs/s", ">= 6 per H100 (reference.md §8)",
-            median(rates) >= 6.0, note=f"batch {batch}, {n} pairs x 3, steps drawn from the profile")
+    res.add(
+        "candidate pairs/s (ultraedit editor)",
+        median(rates),
+        "pairs/s",
+        ">= 6 per H100 (docs/method.md §8)",
+        median(rates) >= 6.0,
+        note=f"batch {batch}, {n} pairs x 3, steps drawn from the profile",
+    )
     res.details["editor_runs_pairs_per_s"] = rates
     res.details["editor_id"] = editor.editor_id
 
@@ -73,7 +87,7 @@ def bench_scorer(res: BenchResult, profile, n: int) -> None:
     import numpy as np
     import torch
 
-    from ultraedit_dagster.resources.scorer import ScorerResource
+    from ultraedit_dagster.scoring.resources import ScorerResource
 
     from .stage_batching import _load_images
 
@@ -85,23 +99,35 @@ def bench_scorer(res: BenchResult, profile, n: int) -> None:
     try:
         scorer.score(src[:2], [s[::-1].copy() for s in src[:2]], caps[:2], caps[:2])  # load + warm-up
     except Exception as exc:  # noqa: BLE001
-        res.skipped.append(f"scorer ({profile.clip_model}/{profile.clip_pretrained}, {profile.dinov2_model}): "
-                           f"could not load: {type(exc).__name__}: {str(exc)[:300]}")
+        res.skipped.append(
+            f"scorer ({profile.clip_model}/{profile.clip_pretrained}, {profile.dinov2_model}): "
+            f"could not load: {type(exc).__name__}: {str(exc)[:300]}"
+        )
         return
     rates = []
     for rep in range(3):
-        tgt = [np.clip(s.astype(np.int16) + rng.integers(-20, 21, size=s.shape, dtype=np.int16), 0, 255)
-               .astype(np.uint8) for s in src]
+        tgt = [
+            np.clip(s.astype(np.int16) + rng.integers(-20, 21, size=s.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+            for s in src
+        ]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for i in range(0, n, scorer.batch_size):
-            scorer.score(src[i:i + scorer.batch_size], tgt[i:i + scorer.batch_size], caps[i:i + scorer.batch_size],
-                         [c + f" ({rep})" for c in caps[i:i + scorer.batch_size]])
+            scorer.score(
+                src[i : i + scorer.batch_size],
+                tgt[i : i + scorer.batch_size],
+                caps[i : i + scorer.batch_size],
+                [c + f" ({rep})" for c in caps[i : i + scorer.batch_size]],
+            )
         torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - t0))
-    res.add("metric pairs/s (ultraedit scorer)", median(rates), "pairs/s",
-            note=f"CLIP {profile.clip_model} + DINOv2 {profile.dinov2_model} at {profile.dinov2_size} + SSIM/L1; "
-                 f"batch {scorer.batch_size}")
+    res.add(
+        "metric pairs/s (ultraedit scorer)",
+        median(rates),
+        "pairs/s",
+        note=f"CLIP {profile.clip_model} + DINOv2 {profile.dinov2_model} at {profile.dinov2_size} + SSIM/L1; "
+        f"batch {scorer.batch_size}",
+    )
     res.details["scorer_runs_pairs_per_s"] = rates
 
 
@@ -123,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         res.skipped.append(f"torch unavailable: {exc}")
     if not res.skipped:
-        from ultraedit_dagster.profiles import get_profile
+        from ultraedit_dagster.core.profiles import get_profile
 
         profile = get_profile("ultraedit")
         for fn, kwargs in ((bench_editor, {"n": args.pairs, "batch": args.batch}), (bench_scorer, {"n": args.pairs})):

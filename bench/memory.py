@@ -38,22 +38,42 @@ def run(context: dict | None = None) -> BenchResult:
     peaks = {s: median([r.get("peak_rss_mib") for r in runs]) for s, runs in runs_by_size.items()}
     bases = {s: median([r.get("rss_before_run_mib") for r in runs]) for s, runs in runs_by_size.items()}
     for s in (small, large):
-        res.add(f"peak RSS, shard of {s}", peaks[s], "MiB",
-                note=f"RSS before the run {bases[s]:.0f} MiB; {len(runs_by_size[s])} run(s)")
+        res.add(
+            f"peak RSS, shard of {s}",
+            peaks[s],
+            "MiB",
+            note=f"RSS before the run {bases[s]:.0f} MiB; {len(runs_by_size[s])} run(s)",
+        )
     ratio = peaks[large] / peaks[small] if peaks[small] else None
     res.add(f"peak RSS ratio {large} / {small}", ratio, "x", f"<= {TARGET}", None if ratio is None else ratio <= TARGET)
     growth_small = peaks[small] - bases[small]
     growth_large = peaks[large] - bases[large]
     if growth_small > 0:
-        res.add(f"growth above the pre-run RSS, {large} / {small}", growth_large / growth_small, "x",
-                note=f"{growth_small:.0f} MiB vs {growth_large:.0f} MiB (models load inside the run)")
+        res.add(
+            f"growth above the pre-run RSS, {large} / {small}",
+            growth_large / growth_small,
+            "x",
+            note=f"{growth_small:.0f} MiB vs {growth_large:.0f} MiB (models load inside the run)",
+        )
     o = next(iter(runs_by_size.values()))[0].get("profile_overrides")
     if o:
-        res.notes.append(f"profile capped as in the end-to-end bench: {o['triplets_per_caption']} triplet(s), "
-                         f"{o['free_form.candidates_per_triplet']}/{o['region.candidates_per_triplet']} candidate(s)")
-    res.details = {"runs": {str(s): [{k: r.get(k) for k in ("peak_rss_mib", "rss_before_run_mib", "ru_maxrss_mib",
-                                                             "wall_seconds", "rows", "success")} for r in runs]
-                            for s, runs in runs_by_size.items()}, "reused_from_e2e": reused}
+        res.notes.append(
+            f"profile capped as in the end-to-end bench: {o['triplets_per_caption']} triplet(s), "
+            f"{o['free_form.candidates_per_triplet']}/{o['region.candidates_per_triplet']} candidate(s)"
+        )
+    res.details = {
+        "runs": {
+            str(s): [
+                {
+                    k: r.get(k)
+                    for k in ("peak_rss_mib", "rss_before_run_mib", "ru_maxrss_mib", "wall_seconds", "rows", "success")
+                }
+                for r in runs
+            ]
+            for s, runs in runs_by_size.items()
+        },
+        "reused_from_e2e": reused,
+    }
     return res
 
 

@@ -30,15 +30,15 @@ MANIFEST = "scale"
 
 
 def _keys(n: int) -> list[str]:
-    from ultraedit_dagster.partitions import shard_key
+    from ultraedit_dagster.core.partitions import shard_key
 
     return [shard_key(MANIFEST, i) for i in range(n)]
 
 
 def child_register(n: int) -> dict:
     t0 = time.perf_counter()
-    from ultraedit_dagster.cli import ensure_instance
-    from ultraedit_dagster.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.ops.instance import ensure_instance
 
     instance = ensure_instance()
     import_s = time.perf_counter() - t0
@@ -57,8 +57,8 @@ def child_load(n: int) -> dict:
     t0 = time.perf_counter()
     import dagster as dg
 
-    from ultraedit_dagster.cli import ensure_instance
-    from ultraedit_dagster.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.ops.instance import ensure_instance
 
     instance = ensure_instance()
     out["import_dagster_s"] = time.perf_counter() - t0
@@ -77,8 +77,8 @@ def child_load(n: int) -> dict:
     out["job_partition_keys_s"] = time.perf_counter() - t0
     out["partitions"] = len(keys)
     try:
-        from ultraedit_dagster.backfill import shard_asset_keys
-        from ultraedit_dagster.automation import assets_needing_rebuild
+        from ultraedit_dagster.ops.automation import assets_needing_rebuild
+        from ultraedit_dagster.ops.backfill import shard_asset_keys
 
         t0 = time.perf_counter()
         todo = assets_needing_rebuild(instance, shard_asset_keys(graph))
@@ -89,7 +89,7 @@ def child_load(n: int) -> dict:
 
     # one inbox-sensor tick
     try:
-        from ultraedit_dagster import automation
+        from ultraedit_dagster.ops import automation
 
         sensor = next((s for s in (defs.sensors or []) if s.name == automation.INBOX_SENSOR_NAME), None)
         out["inbox_sensor_source"] = "definitions.py" if sensor is not None else "automation.build_inbox_sensor"
@@ -107,10 +107,12 @@ def child_load(n: int) -> dict:
         reqs = getattr(result, "run_requests", None) or []
         out["inbox_tick_run_requests"] = len(reqs)
         out["inbox_tick_new_partitions"] = sum(
-            len(r.partition_keys) for r in (getattr(result, "dynamic_partitions_requests", None) or []))
+            len(r.partition_keys) for r in (getattr(result, "dynamic_partitions_requests", None) or [])
+        )
         # an idle tick: nothing new in the inbox (the cursor from the first tick)
-        with dg.build_sensor_context(instance=instance, resources={"lake": lake_res},
-                                     cursor=getattr(result, "cursor", None)) as ctx2:
+        with dg.build_sensor_context(
+            instance=instance, resources={"lake": lake_res}, cursor=getattr(result, "cursor", None)
+        ) as ctx2:
             t0 = time.perf_counter()
             sensor(ctx2)
             out["inbox_idle_tick_s"] = time.perf_counter() - t0
@@ -131,24 +133,40 @@ def measure(n: int) -> dict:
 
 def run(context: dict | None = None) -> BenchResult:
     q = quick()
-    res = BenchResult("partition_scale", "Partition scale: registering shards, loading definitions, a sensor tick",
-                      quick=q)
+    res = BenchResult(
+        "partition_scale", "Partition scale: registering shards, loading definitions, a sensor tick", quick=q
+    )
     per = {}
-    for n in (QUICK_COUNTS if q else COUNTS):
+    for n in QUICK_COUNTS if q else COUNTS:
         m = measure(n)
         per[n] = m
-        res.add(f"register {n:,} shards (add_dynamic_partitions)", m["register_s"], "s",
-                note=f"{n / m['register_s']:,.0f} partitions/s" if m["register_s"] else "")
-        res.add(f"load the definitions with {n:,} shards", m["load_definitions_s"], "s",
-                note=f"import {m['import_definitions_s']:.1f} s + resolve {m['resolve_repository_s']:.2f} s; "
-                     f"listing the job's {m['partitions']:,} partition keys {m['job_partition_keys_s']:.3f} s")
+        res.add(
+            f"register {n:,} shards (add_dynamic_partitions)",
+            m["register_s"],
+            "s",
+            note=f"{n / m['register_s']:,.0f} partitions/s" if m["register_s"] else "",
+        )
+        res.add(
+            f"load the definitions with {n:,} shards",
+            m["load_definitions_s"],
+            "s",
+            note=f"import {m['import_definitions_s']:.1f} s + resolve {m['resolve_repository_s']:.2f} s; "
+            f"listing the job's {m['partitions']:,} partition keys {m['job_partition_keys_s']:.3f} s",
+        )
         if "rebuild_selection_s" in m:
-            res.add(f"rebuild selection over {n:,} shards (nightly schedule / backfill --failed)",
-                    m["rebuild_selection_s"], "s")
+            res.add(
+                f"rebuild selection over {n:,} shards (nightly schedule / backfill --failed)",
+                m["rebuild_selection_s"],
+                "s",
+            )
         if "inbox_tick_s" in m:
-            res.add(f"inbox sensor tick with {n:,} shards (1 new manifest, 2 new shards)", m["inbox_tick_s"], "s",
-                    note=f"{m['inbox_tick_run_requests']} run requests; idle tick {m['inbox_idle_tick_s']:.3f} s; "
-                         f"sensor from {m['inbox_sensor_source']}")
+            res.add(
+                f"inbox sensor tick with {n:,} shards (1 new manifest, 2 new shards)",
+                m["inbox_tick_s"],
+                "s",
+                note=f"{m['inbox_tick_run_requests']} run requests; idle tick {m['inbox_idle_tick_s']:.3f} s; "
+                f"sensor from {m['inbox_sensor_source']}",
+            )
         else:
             res.notes.append(f"inbox tick at {n}: {m.get('inbox_tick_error')}")
     res.details = {str(k): v for k, v in per.items()}

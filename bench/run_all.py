@@ -61,15 +61,15 @@ def run_one_in_process(name: str, module: str, context_path: Path, out_dir: Path
 
 def run_child(name: str, module: str, timeout: int, context_path: Path, out_dir: Path) -> dict:
     """Parent side: run one bench in a fresh process; on a crash or a timeout, write a JSON that says so."""
-    cmd = [sys.executable, "-m", "bench.run_all", "--one", name, "--context", str(context_path),
-           "--out", str(out_dir)]
+    cmd = [sys.executable, "-m", "bench.run_all", "--one", name, "--context", str(context_path), "--out", str(out_dir)]
     t0 = time.perf_counter()
     err_path = out_dir / f"{name}.stderr.log"
     error = None
     try:
         with open(err_path, "w") as err:
-            proc = subprocess.run(cmd, cwd=str(REPO_ROOT), stderr=err, timeout=timeout,
-                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+            proc = subprocess.run(
+                cmd, cwd=str(REPO_ROOT), stderr=err, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+            )
         if proc.returncode != 0:
             error = f"bench process exited {proc.returncode}"
     except subprocess.TimeoutExpired:
@@ -90,8 +90,7 @@ def run_child(name: str, module: str, timeout: int, context_path: Path, out_dir:
 
 
 def markdown_table(results: list[dict], m: dict) -> str:
-    lines = [f"Machine: {machine_line(m)}", "",
-             "| bench | figure | value | target | met |", "|---|---|---|---|---|"]
+    lines = [f"Machine: {machine_line(m)}", "", "| bench | figure | value | target | met |", "|---|---|---|---|---|"]
     for r in results:
         if r.get("error"):
             lines.append(f"| {r['name']} | ERROR | {r['error'].splitlines()[0][:120]} | | |")
@@ -102,8 +101,11 @@ def markdown_table(results: list[dict], m: dict) -> str:
     if missed:
         lines += ["", "Missed targets:"]
         lines += [f"- {n}: {f['name']} = {fmt(f['value'])} {f['unit']} (target {f['target']})" for n, f in missed]
-    notes = [(r["name"], n) for r in results for n in r.get("notes", []) + [f"not measured: {s}" for s in
-                                                                            r.get("skipped", [])]]
+    notes = [
+        (r["name"], n)
+        for r in results
+        for n in r.get("notes", []) + [f"not measured: {s}" for s in r.get("skipped", [])]
+    ]
     if notes:
         lines += ["", "Notes:"]
         lines += [f"- {n}: {t}" for n, t in notes]
@@ -143,10 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         context_path.unlink(missing_ok=True)
     total = time.perf_counter() - t0
-    summary = {"run_id": run_id, "started_utc": started, "total_seconds": total, "quick": quick(), "machine": m,
-               "benches": {r["name"]: {"seconds": r.get("process_seconds"), "error": r.get("error"),
-                                       "figures": r.get("figures", []), "notes": r.get("notes", []),
-                                       "skipped": r.get("skipped", [])} for r in results}}
+    summary = {
+        "run_id": run_id,
+        "started_utc": started,
+        "total_seconds": total,
+        "quick": quick(),
+        "machine": m,
+        "benches": {
+            r["name"]: {
+                "seconds": r.get("process_seconds"),
+                "error": r.get("error"),
+                "figures": r.get("figures", []),
+                "notes": r.get("notes", []),
+                "skipped": r.get("skipped", []),
+            }
+            for r in results
+        },
+    }
     if not args.names:
         write_json(out_dir / "summary.json", summary)
     else:
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(results, m)
     (out_dir / ("summary.md" if not args.names else f"summary-{'-'.join(args.names)}.md")).write_text(
         f"# Benchmark figures ({started}{', quick smoke run' if quick() else ''})\n\n{table}\n\n"
-        f"Total: {total / 60:.1f} min\n")
+        f"Total: {total / 60:.1f} min\n"
+    )
     print("\n# Figures\n")
     print(table)
     print(f"\nTotal: {total / 60:.1f} min; JSON in {out_dir}")

@@ -50,7 +50,7 @@ def cap_profile(triplets: int, candidates: int) -> dict:
     """Replace the active profile (in this process only) by a copy with fewer triplets / candidates."""
     import dataclasses
 
-    from ultraedit_dagster import profiles
+    from ultraedit_dagster.core import profiles
 
     if not triplets and not candidates:
         return {}
@@ -60,19 +60,25 @@ def cap_profile(triplets: int, candidates: int) -> dict:
         changes["triplets_per_caption"] = min(triplets, p.triplets_per_caption)
     if candidates:
         changes["free_form"] = dataclasses.replace(
-            p.free_form, candidates_per_triplet=min(candidates, p.free_form.candidates_per_triplet))
+            p.free_form, candidates_per_triplet=min(candidates, p.free_form.candidates_per_triplet)
+        )
         changes["region"] = dataclasses.replace(
-            p.region, candidates_per_triplet=min(candidates, p.region.candidates_per_triplet))
+            p.region, candidates_per_triplet=min(candidates, p.region.candidates_per_triplet)
+        )
     capped = dataclasses.replace(p, **changes)
     profiles.PROFILES[p.name] = capped
     if getattr(profiles, p.name.upper(), None) is p:
         setattr(profiles, p.name.upper(), capped)
-    return {"triplets_per_caption": capped.triplets_per_caption,
-            "free_form.candidates_per_triplet": capped.free_form.candidates_per_triplet,
-            "region.candidates_per_triplet": capped.region.candidates_per_triplet,
-            "profile_defaults": {"triplets_per_caption": p.triplets_per_caption,
-                                 "free_form.candidates_per_triplet": p.free_form.candidates_per_triplet,
-                                 "region.candidates_per_triplet": p.region.candidates_per_triplet}}
+    return {
+        "triplets_per_caption": capped.triplets_per_caption,
+        "free_form.candidates_per_triplet": capped.free_form.candidates_per_triplet,
+        "region.candidates_per_triplet": capped.region.candidates_per_triplet,
+        "profile_defaults": {
+            "triplets_per_caption": p.triplets_per_caption,
+            "free_form.candidates_per_triplet": p.free_form.candidates_per_triplet,
+            "region.candidates_per_triplet": p.region.candidates_per_triplet,
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,18 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--no-timers", action="store_true", help="do not wrap model calls (memory runs)")
     ap.add_argument("--triplets", type=int, default=0, help="cap triplets per caption (0: the profile's)")
-    ap.add_argument("--candidates", type=int, default=0, help="cap candidates per triplet, both modes (0: the profile's)")
+    ap.add_argument(
+        "--candidates", type=int, default=0, help="cap candidates per triplet, both modes (0: the profile's)"
+    )
     args = ap.parse_args(argv)
     home = Path(os.environ["ULTRAEDIT_HOME"])
     os.chdir(home)  # anything relative (e.g. an LLM cache dir) lands in the temporary home
     out: dict = {"size": args.size}
     t_import = time.perf_counter()
     overrides = cap_profile(args.triplets, args.candidates)  # before the definitions read the profile
-    from ultraedit_dagster.cli import ensure_instance
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
     from ultraedit_dagster.definitions import defs
-    from ultraedit_dagster.manifests import register_manifest
-    from ultraedit_dagster.partitions import SHARDS_PARTITIONS_NAME
-    from ultraedit_dagster.warehouse import LAKE_ASSETS
+    from ultraedit_dagster.lake.store import SHARD_ASSETS
+    from ultraedit_dagster.ops.instance import ensure_instance
+    from ultraedit_dagster.sources.manifests import register_manifest
 
     out["import_seconds"] = time.perf_counter() - t_import
     out["profile_overrides"] = overrides
@@ -103,22 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     shard = reg.shard_keys[0]
 
     try:  # untimed: the unpartitioned seed pool the text stage reads
-        defs.resolve_job_def("seed_pool").execute_in_process(instance=instance, raise_on_error=False,
-                                                             run_config=QUIET_RUN_CONFIG)
+        defs.resolve_job_def("seed_pool").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+        )
     except Exception as exc:  # noqa: BLE001 - no seed pool job in this graph
         out["seed_pool_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
     job = defs.resolve_job_def("shard_pipeline")
-    out["assets"] = sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys) if hasattr(
-        job, "asset_layer") else []
+    out["assets"] = (
+        sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys) if hasattr(job, "asset_layer") else []
+    )
     timer = CallTimer() if args.no_timers else install_model_timers()
     out["timers_installed"] = timer.installed
     out["timers_missing"] = timer.missing
     out["rss_before_run_mib"] = rss_mib()
     out["peak_rss_before_run_mib"] = vm_hwm_mib()
     t0 = time.perf_counter()
-    result = job.execute_in_process(partition_key=shard, instance=instance, raise_on_error=False,
-                                    run_config=QUIET_RUN_CONFIG)
+    result = job.execute_in_process(
+        partition_key=shard, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+    )
     out["wall_seconds"] = time.perf_counter() - t0
     out["success"] = bool(result.success)
     failures = []
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     out["peak_rss_mib"] = vm_hwm_mib()
     out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = {}
-    for asset in LAKE_ASSETS:
+    for asset in SHARD_ASSETS:
         try:
             if lake.exists(asset, shard):
                 pf = lake._parquet_file(asset, shard)

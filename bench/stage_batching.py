@@ -23,7 +23,7 @@ def _load_images(n: int, size: int = 512):
     """(PIL RGB size x size, caption) for n pairs, cycling over the demo images (prepared as source_images does)."""
     from PIL import Image
 
-    from ultraedit_dagster.imaging import resize_center_crop, to_rgb
+    from ultraedit_dagster.core.imaging import resize_center_crop, to_rgb
 
     rows = demo_rows()
     cache = {}
@@ -38,9 +38,9 @@ def _load_images(n: int, size: int = 512):
 
 def bench_editor(res: BenchResult, n_pairs: int, repeats: int) -> None:
     try:
-        from ultraedit_dagster.generation import FREE_FORM, CandidateParams, PairRequest
-        from ultraedit_dagster.profiles import get_profile
-        from ultraedit_dagster.resources.editor import EditorResource
+        from ultraedit_dagster.core.profiles import get_profile
+        from ultraedit_dagster.editing.generation import FREE_FORM, CandidateParams, PairRequest
+        from ultraedit_dagster.editing.resources import EditorResource
     except Exception as exc:  # noqa: BLE001
         res.skipped.append(f"editor: resources/editor.py EditorResource not importable ({type(exc).__name__}: {exc})")
         return
@@ -54,11 +54,20 @@ def bench_editor(res: BenchResult, n_pairs: int, repeats: int) -> None:
     steps = 5  # int(5 * 0.6) = 3 denoising steps run, the middle of the free-form choices {3, 5, 8}
 
     def requests(tag: str):
-        return [PairRequest(uid=f"{tag}-{i}", mode=FREE_FORM, image=im, source_caption=cap,
-                            target_caption=cap.rstrip(".") + " with a small red ball next to it.",
-                            params=CandidateParams(seed=1000 + i, steps=steps, strength=profile.free_form.strength,
-                                                   guidance=0.6, p=0.5), image_key=f"img{i % 16}")
-                for i, (im, cap) in enumerate(images)]
+        return [
+            PairRequest(
+                uid=f"{tag}-{i}",
+                mode=FREE_FORM,
+                image=im,
+                source_caption=cap,
+                target_caption=cap.rstrip(".") + " with a small red ball next to it.",
+                params=CandidateParams(
+                    seed=1000 + i, steps=steps, strength=profile.free_form.strength, guidance=0.6, p=0.5
+                ),
+                image_key=f"img{i % 16}",
+            )
+            for i, (im, cap) in enumerate(images)
+        ]
 
     for bs in BATCH_SIZES:  # warm-up at both batch sizes (first-call allocations and kernel selection per shape)
         gen.batch_size = bs
@@ -75,17 +84,24 @@ def bench_editor(res: BenchResult, n_pairs: int, repeats: int) -> None:
             if failed:
                 res.notes.append(f"editor batch {bs}: {failed}/{len(out)} pairs failed ({out[0].error})")
             per_bs.setdefault(bs, []).append(len(reqs) / dt)
-    _report(res, "editor", "pairs/s", per_bs, n_pairs, repeats,
-            f"tiny SDXL-shaped editor, {steps} steps x strength {profile.free_form.strength}, working size "
-            f"{editor.working_size}, P2P on, CFG off")
+    _report(
+        res,
+        "editor",
+        "pairs/s",
+        per_bs,
+        n_pairs,
+        repeats,
+        f"tiny SDXL-shaped editor, {steps} steps x strength {profile.free_form.strength}, working size "
+        f"{editor.working_size}, P2P on, CFG off",
+    )
 
 
 def bench_scorer(res: BenchResult, n_pairs: int, repeats: int) -> None:
     try:
         import numpy as np
 
-        from ultraedit_dagster.profiles import get_profile
-        from ultraedit_dagster.resources.scorer import ScorerResource
+        from ultraedit_dagster.core.profiles import get_profile
+        from ultraedit_dagster.scoring.resources import ScorerResource
     except Exception as exc:  # noqa: BLE001
         res.skipped.append(f"scorer: resources/scorer.py ScorerResource not importable ({type(exc).__name__}: {exc})")
         return
@@ -103,19 +119,30 @@ def bench_scorer(res: BenchResult, n_pairs: int, repeats: int) -> None:
     for rep in range(repeats):
         # fresh, distinct pixels each repeat: the scorer caches embeddings by image content within a call only,
         # but fresh arrays keep every repeat honest
-        srcs = [np.clip(np.asarray(im, dtype=np.int16) + rng.integers(-3, 4, size=(1, 1, 3)), 0, 255).astype(np.uint8)
-                for im, _ in images]
-        tgts = [np.clip(s.astype(np.int16) + rng.integers(-20, 21, size=s.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-                for s in srcs]
+        srcs = [
+            np.clip(np.asarray(im, dtype=np.int16) + rng.integers(-3, 4, size=(1, 1, 3)), 0, 255).astype(np.uint8)
+            for im, _ in images
+        ]
+        tgts = [
+            np.clip(s.astype(np.int16) + rng.integers(-20, 21, size=s.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+            for s in srcs
+        ]
         caps_s = [c for _, c in images]
         caps_t = [c.rstrip(".") + f" with a red ball (variant {rep})." for c in caps_s]
         for bs, scorer in scorers.items():
             t0 = time.perf_counter()
             for i in range(0, n_pairs, bs):
-                scorer.score(srcs[i:i + bs], tgts[i:i + bs], caps_s[i:i + bs], caps_t[i:i + bs])
+                scorer.score(srcs[i : i + bs], tgts[i : i + bs], caps_s[i : i + bs], caps_t[i : i + bs])
             per_bs.setdefault(bs, []).append(n_pairs / (time.perf_counter() - t0))
-    _report(res, "scorer", "pairs/s", per_bs, n_pairs, repeats,
-            f"tiny CLIP + tiny DINOv2 ({profile.dinov2_size} px) + SSIM/L1 at 512 px, one score() call per batch")
+    _report(
+        res,
+        "scorer",
+        "pairs/s",
+        per_bs,
+        n_pairs,
+        repeats,
+        f"tiny CLIP + tiny DINOv2 ({profile.dinov2_size} px) + SSIM/L1 at 512 px, one score() call per batch",
+    )
 
 
 def _report(res: BenchResult, stage: str, unit: str, per_bs: dict[int, list[float]], n: int, repeats: int, what: str):
@@ -123,10 +150,19 @@ def _report(res: BenchResult, stage: str, unit: str, per_bs: dict[int, list[floa
     for bs in BATCH_SIZES:
         res.add(f"{stage} throughput, batch {bs}", med.get(bs), unit)
     ratio = (med[8] / med[1]) if med.get(1) and med.get(8) else None
-    res.add(f"{stage} batching ratio (batch 8 / batch 1)", ratio, "x", "> 1 (batching pays)",
-            None if ratio is None else ratio > 1.0)
-    res.details[stage] = {"what": what, "pairs_per_run": n, "repeats": repeats,
-                          "runs_pairs_per_s": {str(k): v for k, v in per_bs.items()}}
+    res.add(
+        f"{stage} batching ratio (batch 8 / batch 1)",
+        ratio,
+        "x",
+        "> 1 (batching pays)",
+        None if ratio is None else ratio > 1.0,
+    )
+    res.details[stage] = {
+        "what": what,
+        "pairs_per_run": n,
+        "repeats": repeats,
+        "runs_pairs_per_s": {str(k): v for k, v in per_bs.items()},
+    }
 
 
 def run(context: dict | None = None) -> BenchResult:

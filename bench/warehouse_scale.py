@@ -35,10 +35,23 @@ CANDS_PER_TRIPLET = 8
 REGION_FRACTION = 0.3
 FAILED_FRACTION = 0.03
 ANALYST_TARGET_S, CHECK_TARGET_S, DBT_TARGET_S = 2.0, 0.5, 120.0
-EDIT_TYPE_SHARES = {"Add": 22.7, "Replace": 17.1, "Transform Local": 14.9, "Change Local": 12.5, "Turn": 12.3,
-                    "Others": 8.8, "Change Global": 5.1, "Transform Global": 3.8, "Change Color": 2.8}
-SWEEP_GRID = {"clip_sim_image": [0.60, 0.65, 0.70, 0.75, 0.80, 0.85], "clip_sim_dir": [0.10, 0.15, 0.20, 0.22, 0.25, 0.30],
-              "caption": [0.18, 0.20, 0.22], "dinov2_sim": [0.30, 0.40, 0.50]}
+EDIT_TYPE_SHARES = {
+    "Add": 22.7,
+    "Replace": 17.1,
+    "Transform Local": 14.9,
+    "Change Local": 12.5,
+    "Turn": 12.3,
+    "Others": 8.8,
+    "Change Global": 5.1,
+    "Transform Global": 3.8,
+    "Change Color": 2.8,
+}
+SWEEP_GRID = {
+    "clip_sim_image": [0.60, 0.65, 0.70, 0.75, 0.80, 0.85],
+    "clip_sim_dir": [0.10, 0.15, 0.20, 0.22, 0.25, 0.30],
+    "caption": [0.18, 0.20, 0.22],
+    "dinov2_sim": [0.30, 0.40, 0.50],
+}
 
 
 # -- synthesis ----------------------------------------------------------------------------------------------------
@@ -61,8 +74,8 @@ def synthesize(lake_root: Path, n_shards: int, rows: int = ROWS_PER_SHARD, seed:
     """Write the synthetic lake, `workers` processes in parallel (0: one per core)."""
     import multiprocessing as mp
 
-    import ultraedit_dagster.release  # noqa: F401 - imported once here, inherited by the forked workers
-    import ultraedit_dagster.scoring  # noqa: F401
+    import ultraedit_dagster.release.schema  # noqa: F401 - imported once here, inherited by the forked workers
+    import ultraedit_dagster.scoring.rows  # noqa: F401
 
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     chunks = [(str(lake_root), list(range(i, n_shards, workers)), rows, seed) for i in range(workers)]
@@ -79,18 +92,41 @@ def _synthesize_shards(job: tuple) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ultraedit_dagster.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
-    from ultraedit_dagster.profiles import get_profile
-    from ultraedit_dagster.release import release_idx, release_schema
-    from ultraedit_dagster.scoring import METRIC_SCORES_SCHEMA, thresholds_text
+    from ultraedit_dagster.core.profiles import get_profile
+    from ultraedit_dagster.release.schema import release_idx, release_schema
+    from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
+    from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA, thresholds_text
 
     prof = get_profile("ultraedit")
     thr = {"free_form": prof.free_form_thresholds, "region": prof.region_thresholds}
     rschema = release_schema()
-    rel_cols = ["clip_sim_source", "clip_sim_target", "clip_sim_dir", "clip_sim_image", "dinov2_sim", "ssim",
-                "source_caption", "target_caption", "edit_prompt", "edit_object", "idx", "source_image",
-                "edited_image", "mask_image", "split", "uid", "instruction_uid", "image_uid", "shard", "edit_type",
-                "mode", "rank", "l1", "profile", "status"]
+    rel_cols = [
+        "clip_sim_source",
+        "clip_sim_target",
+        "clip_sim_dir",
+        "clip_sim_image",
+        "dinov2_sim",
+        "ssim",
+        "source_caption",
+        "target_caption",
+        "edit_prompt",
+        "edit_object",
+        "idx",
+        "source_image",
+        "edited_image",
+        "mask_image",
+        "split",
+        "uid",
+        "instruction_uid",
+        "image_uid",
+        "shard",
+        "edit_type",
+        "mode",
+        "rank",
+        "l1",
+        "profile",
+        "status",
+    ]
     rel_schema = pa.schema([rschema.field(c) for c in rel_cols], metadata=rschema.metadata)
     png = _tiny_png()
     types = list(EDIT_TYPE_SHARES)
@@ -125,11 +161,15 @@ def _synthesize_shards(job: tuple) -> dict:
             passes[f"pass_{metric}"] = (m[metric] >= lo) & ~failed
         pass_all = np.logical_and.reduce([passes[f"pass_{x}"] for x in THRESHOLD_METRICS])
         cols = {
-            "candidate_uid": cand_uid, "instruction_uid": np.repeat(trip_uid, CANDS_PER_TRIPLET),
-            "image_uid": np.repeat(img_uid, CANDS_PER_TRIPLET), "shard": [shard] * rows, "mode": mode,
+            "candidate_uid": cand_uid,
+            "instruction_uid": np.repeat(trip_uid, CANDS_PER_TRIPLET),
+            "image_uid": np.repeat(img_uid, CANDS_PER_TRIPLET),
+            "shard": [shard] * rows,
+            "mode": mode,
             "edit_type": np.repeat(trip_type, CANDS_PER_TRIPLET),
             **{k: pa.array(m[k], mask=failed) for k in METRIC_COLUMNS},
-            **passes, "pass_all": pass_all,
+            **passes,
+            "pass_all": pass_all,
             "thresholds": np.where(is_region, const["thresholds_rg"], const["thresholds_ff"]),
             "clip_model_id": ["open_clip:ViT-L-14/openai"] * rows,
             "dinov2_model_id": ["hf:facebook/dinov2-with-registers-large"] * rows,
@@ -138,8 +178,13 @@ def _synthesize_shards(job: tuple) -> dict:
             "error": pa.array(["edit_candidates: blank target image (pixel std 0.000 < 0.5)"] * rows, mask=~failed),
             "profile": ["ultraedit"] * rows,
         }
-        table = pa.table({f.name: pa.array(cols[f.name], type=f.type) if not isinstance(cols[f.name], pa.Array)
-                          else cols[f.name] for f in METRIC_SCORES_SCHEMA}, schema=METRIC_SCORES_SCHEMA)
+        table = pa.table(
+            {
+                f.name: pa.array(cols[f.name], type=f.type) if not isinstance(cols[f.name], pa.Array) else cols[f.name]
+                for f in METRIC_SCORES_SCHEMA
+            },
+            schema=METRIC_SCORES_SCHEMA,
+        )
         d = lake_root / "metric_scores" / f"shard={shard}"
         d.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, d / "data.parquet", compression="zstd", row_group_size=ROW_GROUP_SIZE)
@@ -163,22 +208,44 @@ def _synthesize_shards(job: tuple) -> dict:
         region_rows = rmode == "region"
         img = {"bytes": png, "path": None}
         rel = {
-            **{c: m[c][idx] for c in ("clip_sim_source", "clip_sim_target", "clip_sim_dir", "clip_sim_image",
-                                      "dinov2_sim", "ssim", "l1")},
-            "source_caption": ["a photo of a cat on a sofa"] * k, "target_caption": ["a photo of a dog on a sofa"] * k,
+            **{
+                c: m[c][idx]
+                for c in (
+                    "clip_sim_source",
+                    "clip_sim_target",
+                    "clip_sim_dir",
+                    "clip_sim_image",
+                    "dinov2_sim",
+                    "ssim",
+                    "l1",
+                )
+            },
+            "source_caption": ["a photo of a cat on a sofa"] * k,
+            "target_caption": ["a photo of a dog on a sofa"] * k,
             "edit_prompt": ["replace the cat with a dog"] * k,
             "edit_object": pa.array(["cat"] * k, mask=~region_rows),
             "idx": [release_idx(cand_uid[i]) for i in idx],
-            "source_image": [img] * k, "edited_image": [img] * k,
+            "source_image": [img] * k,
+            "edited_image": [img] * k,
             "mask_image": pa.array([img] * k, type=rschema.field("mask_image").type, mask=~region_rows),
-            "split": rmode, "uid": [cand_uid[i] for i in idx],
+            "split": rmode,
+            "uid": [cand_uid[i] for i in idx],
             "instruction_uid": [trip_uid[i // CANDS_PER_TRIPLET] for i in idx],
-            "image_uid": [img_uid[i // CANDS_PER_TRIPLET] for i in idx], "shard": [shard] * k,
-            "edit_type": [trip_type[i // CANDS_PER_TRIPLET] for i in idx], "mode": rmode,
-            "rank": rank.reshape(-1)[idx] + 1, "profile": ["ultraedit"] * k, "status": ["ok"] * k,
+            "image_uid": [img_uid[i // CANDS_PER_TRIPLET] for i in idx],
+            "shard": [shard] * k,
+            "edit_type": [trip_type[i // CANDS_PER_TRIPLET] for i in idx],
+            "mode": rmode,
+            "rank": rank.reshape(-1)[idx] + 1,
+            "profile": ["ultraedit"] * k,
+            "status": ["ok"] * k,
         }
-        rtable = pa.table({f.name: rel[f.name] if isinstance(rel[f.name], pa.Array)
-                           else pa.array(rel[f.name], type=f.type) for f in rel_schema}, schema=rel_schema)
+        rtable = pa.table(
+            {
+                f.name: rel[f.name] if isinstance(rel[f.name], pa.Array) else pa.array(rel[f.name], type=f.type)
+                for f in rel_schema
+            },
+            schema=rel_schema,
+        )
         d = lake_root / "filtered_release" / f"shard={shard}"
         d.mkdir(parents=True, exist_ok=True)
         pq.write_table(rtable, d / "data.parquet", compression="zstd", row_group_size=ROW_GROUP_SIZE)
@@ -191,7 +258,7 @@ def _synthesize_shards(job: tuple) -> dict:
 
 
 def analyst_queries(lake: Path) -> dict[str, str]:
-    from ultraedit_dagster.warehouse import sql_string
+    from ultraedit_dagster.lake.warehouse import sql_string
 
     ms = f"read_parquet({sql_string(str(lake / 'metric_scores' / 'shard=*' / 'data.parquet'))})"
     fr = f"read_parquet({sql_string(str(lake / 'filtered_release' / 'shard=*' / 'data.parquet'))})"
@@ -210,14 +277,15 @@ def analyst_queries(lake: Path) -> dict[str, str]:
             FROM {ms} GROUP BY ALL ORDER BY ALL""",
         "threshold sweep (324 combinations x mode, passing candidates)": f"""
             WITH binned AS (
-                SELECT mode, {bins('clip_sim_image', g['clip_sim_image'])} AS bi, {bins('clip_sim_dir', g['clip_sim_dir'])} AS bd,
-                       {bins('least(clip_sim_source, clip_sim_target)', g['caption'])} AS bc,
-                       {bins('dinov2_sim', g['dinov2_sim'])} AS bn, count(*) AS n
+                SELECT mode, {bins("clip_sim_image", g["clip_sim_image"])} AS bi,
+                       {bins("clip_sim_dir", g["clip_sim_dir"])} AS bd,
+                       {bins("least(clip_sim_source, clip_sim_target)", g["caption"])} AS bc,
+                       {bins("dinov2_sim", g["dinov2_sim"])} AS bn, count(*) AS n
                 FROM {ms} WHERE status = 'ok' GROUP BY ALL),
             grid AS (
-                SELECT i.i, d.d, c.c, n.n AS nn FROM range(1, {len(g['clip_sim_image']) + 1}) i(i)
-                CROSS JOIN range(1, {len(g['clip_sim_dir']) + 1}) d(d) CROSS JOIN range(1, {len(g['caption']) + 1}) c(c)
-                CROSS JOIN range(1, {len(g['dinov2_sim']) + 1}) n(n))
+                SELECT i.i, d.d, c.c, n.n AS nn FROM range(1, {len(g["clip_sim_image"]) + 1}) i(i)
+                CROSS JOIN range(1, {len(g["clip_sim_dir"]) + 1}) d(d) CROSS JOIN range(1, {len(g["caption"]) + 1}) c(c)
+                CROSS JOIN range(1, {len(g["dinov2_sim"]) + 1}) n(n))
             SELECT b.mode, grid.i, grid.d, grid.c, grid.nn, sum(b.n) AS passing
             FROM grid JOIN binned b ON b.bi >= grid.i AND b.bd >= grid.d AND b.bc >= grid.c AND b.bn >= grid.nn
             GROUP BY ALL ORDER BY ALL""",
@@ -247,9 +315,9 @@ def time_checks(res: BenchResult, lake_root: Path, shard: str, repeats: int) -> 
         import duckdb
 
         from ultraedit_dagster.checks import quality as qc
-        from ultraedit_dagster.resources.pipeline import PipelineResource
-        from ultraedit_dagster.resources.storage import LakeResource
-        from ultraedit_dagster.warehouse import sql_string
+        from ultraedit_dagster.core.resources import PipelineResource
+        from ultraedit_dagster.lake.resources import LakeResource
+        from ultraedit_dagster.lake.warehouse import sql_string
     except Exception as exc:  # noqa: BLE001
         res.skipped.append(f"release checks: ultraedit_dagster/checks/quality.py not importable ({exc})")
         return
@@ -290,14 +358,21 @@ def time_checks(res: BenchResult, lake_root: Path, shard: str, repeats: int) -> 
             try:
                 med, times = _time(fn, 1)
                 results[name]["all_shards_s"] = med
-                res.add(f"check {name}, all shards", med, "s", f"<= {ANALYST_TARGET_S} (analyst query)",
-                        med <= ANALYST_TARGET_S)
+                res.add(
+                    f"check {name}, all shards",
+                    med,
+                    "s",
+                    f"<= {ANALYST_TARGET_S} (analyst query)",
+                    med <= ANALYST_TARGET_S,
+                )
             except Exception as exc:  # noqa: BLE001
                 res.notes.append(f"check {name} failed over all shards: {type(exc).__name__}: {exc}"[:300])
     finally:
         qc._connection = original
-    res.skipped.append("all-shards run of metric_scores_expectations (a pandas great-expectations suite, not SQL) "
-                       "and filtered_release_images_decode (PIL decode of every image): per-shard checks by design")
+    res.skipped.append(
+        "all-shards run of metric_scores_expectations (a pandas great-expectations suite, not SQL) "
+        "and filtered_release_images_decode (PIL decode of every image): per-shard checks by design"
+    )
     res.details["checks"] = results
 
 
@@ -306,23 +381,47 @@ def time_dbt(res: BenchResult, lake_root: Path, work: Path) -> None:
     if not (project / "dbt_project.yml").exists():
         res.skipped.append("dbt build: no dbt_quality/ project")
         return
-    from ultraedit_dagster.dbt_setup import dbt_executable
+    from ultraedit_dagster.lake.dbt_project import dbt_executable
 
-    env = {**os.environ, "ULTRAEDIT_LAKE": str(lake_root), "ULTRAEDIT_WAREHOUSE": str(work / "warehouse.duckdb"),
-           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env = {
+        **os.environ,
+        "ULTRAEDIT_LAKE": str(lake_root),
+        "ULTRAEDIT_WAREHOUSE": str(work / "warehouse.duckdb"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
     # target and logs in the temporary folder: the project's own target/manifest.json (read by Dagster) is untouched
-    cmd = [dbt_executable(), "build", "--project-dir", str(project), "--profiles-dir", str(project),
-           "--target-path", str(work / "dbt_target"), "--log-path", str(work / "dbt_logs")]
+    cmd = [
+        dbt_executable(),
+        "build",
+        "--project-dir",
+        str(project),
+        "--profiles-dir",
+        str(project),
+        "--target-path",
+        str(work / "dbt_target"),
+        "--log-path",
+        str(work / "dbt_logs"),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=str(project), env=env, capture_output=True, text=True, timeout=1200)
     dt = time.perf_counter() - t0
     tail = "\n".join(proc.stdout.splitlines()[-6:])
-    res.details["dbt"] = {"seconds": dt, "returncode": proc.returncode, "stdout_tail": proc.stdout[-4000:],
-                          "command": " ".join(cmd[1:])}
+    res.details["dbt"] = {
+        "seconds": dt,
+        "returncode": proc.returncode,
+        "stdout_tail": proc.stdout[-4000:],
+        "command": " ".join(cmd[1:]),
+    }
     if proc.returncode != 0:
         res.notes.append(f"dbt build exited {proc.returncode}: {tail[-600:]}")
-    res.add("dbt build of dbt_quality (4 models + tests)", dt, "s", f"<= {DBT_TARGET_S}", dt <= DBT_TARGET_S,
-            note="" if proc.returncode == 0 else f"exit {proc.returncode}")
+    res.add(
+        "dbt build of dbt_quality (4 models + tests)",
+        dt,
+        "s",
+        f"<= {DBT_TARGET_S}",
+        dt <= DBT_TARGET_S,
+        note="" if proc.returncode == 0 else f"exit {proc.returncode}",
+    )
     # per-model timings from run_results.json
     rr = work / "dbt_target" / "run_results.json"
     if rr.exists():
@@ -338,8 +437,11 @@ def time_dbt(res: BenchResult, lake_root: Path, work: Path) -> None:
 def run(context: dict | None = None) -> BenchResult:
     q = quick()
     n_shards = int(os.environ.get("BENCH_WAREHOUSE_SHARDS") or (QUICK_SHARDS if q else N_SHARDS))
-    res = BenchResult("warehouse_scale", f"Warehouse at UltraEdit scale ({n_shards * ROWS_PER_SHARD:,} candidates in "
-                      f"{n_shards:,} shard files)", quick=q)
+    res = BenchResult(
+        "warehouse_scale",
+        f"Warehouse at UltraEdit scale ({n_shards * ROWS_PER_SHARD:,} candidates in {n_shards:,} shard files)",
+        quick=q,
+    )
     import duckdb
 
     with temp_home("ultraedit-bench-warehouse-") as work:
@@ -347,12 +449,21 @@ def run(context: dict | None = None) -> BenchResult:
         t0 = time.perf_counter()
         totals = synthesize(lake_root, n_shards)
         res.details["synthesis_seconds"] = time.perf_counter() - t0
-        res.details["synthetic"] = {**totals, "shards": n_shards, "rows_per_shard": ROWS_PER_SHARD,
-                                    "candidates_per_triplet": CANDS_PER_TRIPLET, "region_fraction": REGION_FRACTION,
-                                    "failed_fraction": FAILED_FRACTION, "edit_type_shares": EDIT_TYPE_SHARES}
-        print(f"  synthesized {totals['metric_scores_rows']:,} metric_scores rows and "
-              f"{totals['filtered_release_rows']:,} release rows ({totals['bytes'] / 2**20:.0f} MiB) in "
-              f"{res.details['synthesis_seconds']:.0f} s", flush=True)
+        res.details["synthetic"] = {
+            **totals,
+            "shards": n_shards,
+            "rows_per_shard": ROWS_PER_SHARD,
+            "candidates_per_triplet": CANDS_PER_TRIPLET,
+            "region_fraction": REGION_FRACTION,
+            "failed_fraction": FAILED_FRACTION,
+            "edit_type_shares": EDIT_TYPE_SHARES,
+        }
+        print(
+            f"  synthesized {totals['metric_scores_rows']:,} metric_scores rows and "
+            f"{totals['filtered_release_rows']:,} release rows ({totals['bytes'] / 2**20:.0f} MiB) in "
+            f"{res.details['synthesis_seconds']:.0f} s",
+            flush=True,
+        )
         res.add("metric_scores rows", totals["metric_scores_rows"], "rows")
         res.add("filtered_release rows", totals["filtered_release_rows"], "rows")
         con = duckdb.connect()
@@ -363,10 +474,20 @@ def run(context: dict | None = None) -> BenchResult:
             try:
                 med, times = _time(lambda sql=sql: con.execute(sql).fetchall(), 1 if q else 3)
                 nrows = len(con.execute(sql).fetchall())
-                res.details["queries"][name] = {"median_s": med, "times": times, "result_rows": nrows,
-                                                "sql": " ".join(sql.split())}
-                res.add(f"analyst query: {name}", med, "s", f"<= {ANALYST_TARGET_S}", med <= ANALYST_TARGET_S,
-                        note=f"{nrows} result rows")
+                res.details["queries"][name] = {
+                    "median_s": med,
+                    "times": times,
+                    "result_rows": nrows,
+                    "sql": " ".join(sql.split()),
+                }
+                res.add(
+                    f"analyst query: {name}",
+                    med,
+                    "s",
+                    f"<= {ANALYST_TARGET_S}",
+                    med <= ANALYST_TARGET_S,
+                    note=f"{nrows} result rows",
+                )
             except Exception as exc:  # noqa: BLE001
                 res.notes.append(f"query {name} failed: {type(exc).__name__}: {exc}"[:300])
         con.close()
@@ -380,9 +501,11 @@ def run(context: dict | None = None) -> BenchResult:
         except Exception as exc:  # noqa: BLE001
             res.notes.append(f"dbt build failed to run: {type(exc).__name__}: {exc}")
             res.details["dbt_error"] = traceback.format_exc()[-2000:]
-    res.notes.append("synthetic shard files are written with one row group each (1,000 rows); the metric_scores asset "
-                     "writes one row group per scorer batch (32 rows by default), which makes files slower to read "
-                     "and write - compact or raise the writer batch for long-lived lakes")
+    res.notes.append(
+        "synthetic shard files are written with one row group each (1,000 rows); the metric_scores asset "
+        "writes one row group per scorer batch (32 rows by default), which makes files slower to read "
+        "and write - compact or raise the writer batch for long-lived lakes"
+    )
     res.notes.append("generated data deleted after the run")
     return res
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def lake(tmp_path):
-    from ultraedit_dagster.shard_io import Lake
+    from ultraedit_dagster.lake.store import Lake
 
     return Lake(str(tmp_path / "lake"))
 

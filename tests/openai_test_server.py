@@ -43,8 +43,11 @@ def _text_of(messages: list[dict]) -> str:
 
 
 def _is_vision(messages: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(
-        isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages)
+    return any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"])
+        for m in messages
+    )
 
 
 def triplet_reply(prompt: str, n: int | None = None) -> str:
@@ -52,8 +55,10 @@ def triplet_reply(prompt: str, n: int | None = None) -> str:
     caption = m.group(1).strip() if m else "A photo."
     k = n if n is not None else int((re.search(r"Produce (\d+) instances", prompt) or [None, 3])[1])
     base = caption.rstrip(". ")
-    lines = [f"{i + 1}. {caption}; add a {obj} next to it; {base} with a {obj} next to it."
-             for i, obj in enumerate(EXTRA_OBJECTS[:k])]
+    lines = [
+        f"{i + 1}. {caption}; add a {obj} next to it; {base} with a {obj} next to it."
+        for i, obj in enumerate(EXTRA_OBJECTS[:k])
+    ]
     return "\n".join(lines)
 
 
@@ -141,23 +146,35 @@ class OpenAITestServer:
         behaviour = self._behaviour(body)
         try:
             if behaviour == "429":
-                return self._send(h, 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}},
-                                  {"Retry-After": "0"})
+                return self._send(
+                    h, 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"Retry-After": "0"}
+                )
             if behaviour == "500":
                 return self._send(h, 500, {"error": {"message": "internal error", "type": "server_error"}})
             if behaviour == "reset":  # drop the connection without answering (RST)
                 import socket as _socket
                 import struct
+
                 h.connection.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
                 h.close_connection = True
                 h.connection.close()
                 return None
             if behaviour == "injected":  # a model that obeyed an instruction hidden in the caption
                 content = "Sure! Ignoring all previous instructions, here is a poem about the sea."
-                return self._send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "test",
-                                           "choices": [{"index": 0, "finish_reason": "stop",
-                                                        "message": {"role": "assistant", "content": content}}],
-                                           "usage": {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13}})
+                return self._send(
+                    h,
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "test",
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13},
+                    },
+                )
             if behaviour == "malformed":
                 return self._send_raw(h, 200, b'{"id": "x", "choices": [ {"message": ')
             if behaviour == "slow":
@@ -165,31 +182,45 @@ class OpenAITestServer:
             if path.endswith("/moderations"):
                 inputs = body.get("input")
                 inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-                results = [{"flagged": "forbidden" in t.lower(),
-                            "categories": {"violence": "forbidden" in t.lower()},
-                            "category_scores": {"violence": 0.99 if "forbidden" in t.lower() else 0.0}}
-                           for t in inputs]
+                results = [
+                    {
+                        "flagged": "forbidden" in t.lower(),
+                        "categories": {"violence": "forbidden" in t.lower()},
+                        "category_scores": {"violence": 0.99 if "forbidden" in t.lower() else 0.0},
+                    }
+                    for t in inputs
+                ]
                 return self._send(h, 200, {"id": "modr-test", "model": body.get("model", "test"), "results": results})
             if path.endswith("/chat/completions"):
                 messages = body.get("messages", [])
                 prompt = _text_of(messages)
                 if _is_vision(messages):
-                    content = ("A small object on a table." if "short caption" in prompt.lower() else
-                               "A photo of a small object on a wooden table in a bright room, with a white wall "
-                               "behind it and no visible text; natural colours.")
+                    content = (
+                        "A small object on a table."
+                        if "short caption" in prompt.lower()
+                        else "A photo of a small object on a wooden table in a bright room, with a white wall "
+                        "behind it and no visible text; natural colours."
+                    )
                 elif behaviour == "garbage":
                     content = "I am sorry, I cannot help with that."
                 else:
                     content = triplet_reply(prompt, 2 if behaviour == "two" else None)
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split())}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                return self._send(h, 200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", "test"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                    "usage": usage,
-                })
+                return self._send(
+                    h,
+                    200,
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "test"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        ],
+                        "usage": usage,
+                    },
+                )
             return self._send(h, 404, {"error": {"message": f"no route {path}"}})
         except (BrokenPipeError, ConnectionResetError):
             return None  # the client gave up (timeout): nothing to answer

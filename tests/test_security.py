@@ -30,7 +30,8 @@ def test_every_torch_load_is_weights_only():
     for path, node in found:
         kwargs = {k.arg: k.value for k in node.keywords}
         assert "weights_only" in kwargs and getattr(kwargs["weights_only"], "value", None) is True, (
-            f"{path}:{node.lineno} calls torch.load without weights_only=True")
+            f"{path}:{node.lineno} calls torch.load without weights_only=True"
+        )
 
 
 @pytest.mark.parametrize("name", ["pickle.load", "pickle.loads", "dill.load", "joblib.load"])
@@ -51,8 +52,7 @@ def test_planted_secrets_never_reach_logs_metadata_lake_or_cache(tmp_path, moto_
     import subprocess
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from openai_test_server import OpenAITestServer
+    from tests.openai_test_server import OpenAITestServer
 
     llm_key, aws_secret = "sk-PLANTED-llm-key-5d1c", "PLANTED-aws-secret-9f3e"
     client = moto_server.client()
@@ -60,24 +60,53 @@ def test_planted_secrets_never_reach_logs_metadata_lake_or_cache(tmp_path, moto_
     home = tmp_path / "home"
     manifest = PACKAGE / "demo_data" / "manifest.jsonl"
     with OpenAITestServer() as server:
-        env = {**os.environ, "ULTRAEDIT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-               "ULTRAEDIT_LAKE": "s3://lake/ue", "AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_REGION": "us-east-1",
-               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": aws_secret,
-               "ULTRAEDIT_PROFILE": "ultraedit", "OPENAI_API_KEY": llm_key, "OPENAI_BASE_URL": server.base_url,
-               "ULTRAEDIT_LLM_MODEL": "test-model"}
+        env = {
+            **os.environ,
+            "ULTRAEDIT_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "ULTRAEDIT_LAKE": "s3://lake/ue",
+            "AWS_ENDPOINT_URL": moto_server.endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": aws_secret,
+            "ULTRAEDIT_PROFILE": "ultraedit",
+            "OPENAI_API_KEY": llm_key,
+            "OPENAI_BASE_URL": server.base_url,
+            "ULTRAEDIT_LLM_MODEL": "test-model",
+        }
 
         def cli(*args, module=("-m", "ultraedit_dagster.cli")):
-            out = subprocess.run([sys.executable, *module, *args], env=env, cwd=PACKAGE.parent,
-                                 capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, *module, *args],
+                env=env,
+                cwd=PACKAGE.parent,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
             return out.stdout + out.stderr
 
         logs = cli("add-manifest", str(manifest), "--name", "sec", "--shard-size", "4")
-        logs += cli(module=("-c", "import dagster as dg; from ultraedit_dagster.definitions import defs; "
-                            "assert defs.resolve_job_def('seed_pool').execute_in_process("
-                            "instance=dg.DagsterInstance.get()).success"))
-        logs += cli("materialize", "--shard", "sec-00000", "--asset", "source_images", "--asset", "captions",
-                    "--asset", "edit_instructions")
+        logs += cli(
+            module=(
+                "-c",
+                "import dagster as dg; from ultraedit_dagster.definitions import defs; "
+                "assert defs.resolve_job_def('seed_pool').execute_in_process("
+                "instance=dg.DagsterInstance.get()).success",
+            )
+        )
+        logs += cli(
+            "materialize",
+            "--shard",
+            "sec-00000",
+            "--asset",
+            "source_images",
+            "--asset",
+            "captions",
+            "--asset",
+            "edit_instructions",
+        )
         assert server.count("/chat/completions") == 4, "the LLM stage really ran with the planted key"
     assert llm_key not in logs and aws_secret not in logs
     scanned = 0
@@ -98,8 +127,8 @@ def test_sql_identifiers_from_outside_are_refused(tmp_path):
     """Names that reach DDL (asset names, shard keys) are validated; values are bound, never interpolated."""
     import pyarrow as pa
 
-    from ultraedit_dagster.shard_io import Lake, LakeError
-    from ultraedit_dagster.warehouse import WarehouseError, connect_writer, refresh_views
+    from ultraedit_dagster.lake.store import Lake, LakeError
+    from ultraedit_dagster.lake.warehouse import WarehouseError, connect_writer, refresh_views
 
     lake = Lake(str(tmp_path / "lake"))
     lake.write_table("source_images", "s-00000", pa.table({"uid": ["a"], "shard": ["s-00000"], "status": ["ok"]}))

@@ -3,53 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import shutil
 import sys
 from importlib import resources as importlib_resources
 
-from . import settings
+from ultraedit_dagster.core import settings
+from ultraedit_dagster.ops.instance import ensure_instance, pool_limits
 
 DEMO_MANIFEST = "demo"
 DEMO_SHARD_SIZE = 8
-# Concurrency pools: one GPU-bound step per GPU, one writer of the DuckDB file.
-DEFAULT_POOL_LIMITS = {"duckdb_writer": 1}
 # The CLI prints warnings and errors; the full DEBUG event stream is in the instance (see `make ui`).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def gpu_pool_limit() -> int:
-    """The number of GPUs, counted without importing torch (every CLI command calls this): the devices that
-    CUDA_VISIBLE_DEVICES names, else the /dev/nvidiaN device files; at least 1."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return max(1, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
-    return max(1, len(glob.glob("/dev/nvidia[0-9]*")))
-
-
-def ensure_instance():
-    """The local Dagster instance under DAGSTER_HOME (default .ultraedit/dagster), with the pools configured."""
-    import dagster as dg
-
-    home = settings.dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        template = importlib_resources.files("ultraedit_dagster") / "data" / "dagster.local.yaml"
-        shutil.copyfile(str(template), config)
-    instance = dg.DagsterInstance.get()
-    limits = {**DEFAULT_POOL_LIMITS, "gpu": gpu_pool_limit()}
-    for pool, limit in limits.items():
-        if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
-            instance.event_log_storage.set_concurrency_slots(pool, limit)
-    return instance
-
-
 def cmd_add_manifest(args: argparse.Namespace) -> int:
-    from .manifests import ManifestError, register_manifest
-    from .partitions import SHARDS_PARTITIONS_NAME, InvalidShardKey
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME, InvalidShardKey
+    from ultraedit_dagster.sources.manifests import ManifestError, register_manifest
 
     instance = ensure_instance()
     lake = _lake()
@@ -72,20 +41,22 @@ def cmd_add_manifest(args: argparse.Namespace) -> int:
 
 def _lake():
     """The lake as configured by the environment."""
-    from .resources.storage import lake_resource_from_env
+    from ultraedit_dagster.lake.resources import lake_resource_from_env
 
     return lake_resource_from_env(for_definitions=False).lake
 
 
 def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
     """Run the whole per-shard graph for each shard, then the unpartitioned release assets."""
-    from .definitions import defs
+    from ultraedit_dagster.definitions import defs
 
     outcome = {}
     print("materializing the seed pool ...", flush=True)
-    outcome["seed_pool"] = defs.resolve_job_def("seed_pool").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
-    ).success
+    outcome["seed_pool"] = (
+        defs.resolve_job_def("seed_pool")
+        .execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
+        .success
+    )
     job = defs.resolve_job_def("shard_pipeline")
     for key in shard_keys:
         print(f"materializing shard {key} ...", flush=True)
@@ -96,7 +67,9 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
                 if event.is_step_failure:
                     print(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
     print("materializing release assets ...", flush=True)
-    result = defs.resolve_job_def("release").execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
+    result = defs.resolve_job_def("release").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
     outcome["release"] = result.success
     return outcome
 
@@ -104,8 +77,8 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from .definitions import defs
-    from .partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.definitions import defs
 
     instance = ensure_instance()
     known = set(instance.get_dynamic_partitions(SHARDS_PARTITIONS_NAME))
@@ -117,16 +90,17 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     selection = [dg.AssetKey(a) for a in args.asset] if args.asset else None
     ok = True
     for key in args.shard:
-        result = job.execute_in_process(partition_key=key, instance=instance, asset_selection=selection, run_config=QUIET,
-                                        raise_on_error=False)
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, asset_selection=selection, run_config=QUIET, raise_on_error=False
+        )
         print(f"{key}: {'success' if result.success else 'FAILED'}")
         ok &= result.success
     return 0 if ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .manifests import register_manifest
-    from .partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.sources.manifests import register_manifest
 
     instance = ensure_instance()
     lake = _lake()
@@ -148,12 +122,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def print_summary(lake) -> None:
     import duckdb
 
-    from .warehouse import LAKE_ASSETS
+    from ultraedit_dagster.lake.store import SHARD_ASSETS
 
     print("\n== ultraedit demo summary ==")
     print(f"{'asset':<20}{'shards':>8}{'rows':>8}{'ok':>8}{'failed':>8}")
     con = duckdb.connect()
-    for asset in LAKE_ASSETS:
+    for asset in SHARD_ASSETS:
         shards = lake.list_shards(asset)
         if not shards:
             print(f"{asset:<20}{'-':>8}{'not in graph yet':>24}")
@@ -167,7 +141,7 @@ def print_summary(lake) -> None:
     print(f"\nlake:      {lake.root}")
     print(f"warehouse: {wh}")
     print(f"dagster:   {settings.dagster_home()}  (make ui, then open http://127.0.0.1:3000)")
-    print(f"\nThree queries to paste into `duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql \"...\"`):")
+    print(f'\nThree queries to paste into `duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql "..."`):')
     for query in ANALYST_QUERIES:
         print(f"  {query}")
 
@@ -202,8 +176,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     instance = ensure_instance()
-    limits = {**DEFAULT_POOL_LIMITS, "gpu": gpu_pool_limit()}
-    print(f"Dagster instance at {os.environ['DAGSTER_HOME']}; pool limits: {limits}")
+    print(f"Dagster instance at {os.environ['DAGSTER_HOME']}; pool limits: {pool_limits()}")
     instance.dispose()
     return 0
 
@@ -232,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asset", action="append", help="only these assets (repeatable; default: the whole shard graph)")
     p.set_defaults(func=cmd_materialize)
 
-    from . import backfill
+    from ultraedit_dagster.ops import backfill
 
     backfill.add_arguments(sub.add_parser("backfill", help="backfill only the shards that failed or are missing"))
 

@@ -1,6 +1,4 @@
-"""The one Definitions object: assets, checks, jobs and resources for the active profile."""
-
-from __future__ import annotations
+"""The one Definitions object: every stage's assets and checks, the jobs, sensors, schedule and resources."""
 
 import os
 import warnings
@@ -14,29 +12,40 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 # shard each); Dagster warns about that on every load.
 warnings.filterwarnings("ignore", message=".*materializes assets with varying BackfillPolicies.*")
 
-from . import settings  # noqa: E402
-from .assets import dbt as dbt_models  # noqa: E402
-from .assets import candidates, quality, region, sources, text
-from .assets.warehouse import build_warehouse_views
-from .checks import candidates as candidate_checks
-from .checks import quality as quality_checks
-from .checks import region as region_checks
-from .checks import sources as source_checks
-from .checks import text as text_checks
-from .automation import automation_sensor, build_inbox_sensor, build_rebuild_schedule
-from .partitions import shards
-from .profiles import get_profile
-from .resources.captioner import CaptionerResource
-from .resources.editor import EditorResource
-from .resources.grounder import GrounderResource
-from .resources.instruction_writer import InstructionWriterResource
-from .resources.object_selector import ObjectSelectorResource
-from .resources.pipeline import PipelineResource
-from .resources.scorer import ScorerResource
-from .resources.segmenter import SegmenterResource
-from .resources.storage import lake_resource_from_env
-from .resources.tagger import TaggerResource
-from .resources.warehouse import WarehouseResource
+from ultraedit_dagster.core import settings  # noqa: E402
+from ultraedit_dagster.core.partitions import shards  # noqa: E402
+from ultraedit_dagster.core.profiles import get_profile  # noqa: E402
+from ultraedit_dagster.core.resources import LLMEndpoint, PipelineResource  # noqa: E402
+from ultraedit_dagster.editing import assets as editing_assets  # noqa: E402
+from ultraedit_dagster.editing import checks as editing_checks  # noqa: E402
+from ultraedit_dagster.editing.resources import EditorResource  # noqa: E402
+from ultraedit_dagster.lake import assets as lake_assets  # noqa: E402
+from ultraedit_dagster.lake import dbt_assets  # noqa: E402
+from ultraedit_dagster.lake.resources import WarehouseResource, lake_resource_from_env  # noqa: E402
+from ultraedit_dagster.lake.store import SHARD_ASSETS  # noqa: E402
+from ultraedit_dagster.ops.automation import automation_sensor, build_inbox_sensor, build_rebuild_schedule  # noqa: E402
+from ultraedit_dagster.regions import assets as region_assets  # noqa: E402
+from ultraedit_dagster.regions import checks as region_checks  # noqa: E402
+from ultraedit_dagster.regions.resources import (  # noqa: E402
+    GrounderResource,
+    ObjectSelectorResource,
+    SegmenterResource,
+    TaggerResource,
+)
+from ultraedit_dagster.release import assets as release_assets  # noqa: E402
+from ultraedit_dagster.release import checks as release_checks  # noqa: E402
+from ultraedit_dagster.scoring import assets as scoring_assets  # noqa: E402
+from ultraedit_dagster.scoring import checks as scoring_checks  # noqa: E402
+from ultraedit_dagster.scoring.resources import ScorerResource  # noqa: E402
+from ultraedit_dagster.sources import assets as source_assets  # noqa: E402
+from ultraedit_dagster.sources import checks as source_checks  # noqa: E402
+from ultraedit_dagster.text import assets as text_assets  # noqa: E402
+from ultraedit_dagster.text import checks as text_checks  # noqa: E402
+from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource  # noqa: E402
+
+# The stages in pipeline order; each contributes `assets` (assets.py) and `asset_checks` (checks.py).
+STAGE_ASSETS = [source_assets, text_assets, region_assets, editing_assets, scoring_assets, release_assets]
+STAGE_CHECKS = [source_checks, text_checks, region_checks, editing_checks, scoring_checks, release_checks]
 
 
 def _env(name: str) -> dg.EnvVar | None:
@@ -45,18 +54,21 @@ def _env(name: str) -> dg.EnvVar | None:
 
 
 profile = get_profile()
+# One OpenAI-compatible endpoint for every LLM / VLM role (captioner, instruction writer, object selector).
+llm_endpoint = LLMEndpoint.from_profile(
+    profile,
+    api_key=_env("OPENAI_API_KEY"),
+    base_url=os.environ.get("OPENAI_BASE_URL") or None,
+    model=os.environ.get("ULTRAEDIT_LLM_MODEL") or None,
+    cache_dir=settings.llm_cache_dir(),
+)
 
-seed_assets = [a for a in text.assets if a.partitions_def is None]
-shard_assets = [
-    *sources.assets,
-    *[a for a in text.assets if a.partitions_def is not None],
-    *region.assets,
-    *candidates.assets,
-    *[a for a in quality.assets if a.partitions_def is not None],
-]
-release_assets = [a for a in quality.assets if a.partitions_def is None]
-lake_asset_keys = [a.key.path[-1] for a in shard_assets]
-warehouse_views = build_warehouse_views(lake_asset_keys)
+stage_assets = [a for stage in STAGE_ASSETS for a in stage.assets]
+by_name = {a.key.path[-1]: a for a in stage_assets}
+shard_assets = [by_name[name] for name in SHARD_ASSETS]
+seed_assets = [a for a in stage_assets if a.partitions_def is None and a is not release_assets.release_card]
+release_card_assets = [release_assets.release_card]
+warehouse_views = lake_assets.build_warehouse_views(list(SHARD_ASSETS))
 
 shard_pipeline_job = dg.define_asset_job(
     "shard_pipeline",
@@ -71,7 +83,7 @@ seed_pool_job = dg.define_asset_job(
 )
 release_job = dg.define_asset_job(
     "release",
-    selection=dg.AssetSelection.assets(warehouse_views, *dbt_models.assets, *release_assets),
+    selection=dg.AssetSelection.assets(warehouse_views, *dbt_assets.assets, *release_card_assets),
     description="The unpartitioned assets that summarise all shards: warehouse views, dbt models, release card.",
 )
 
@@ -84,37 +96,24 @@ resources = {
     ),
     "warehouse": WarehouseResource(path=settings.warehouse_path()),
     "captioner": CaptionerResource.from_profile(
-        profile, cache_dir=settings.llm_cache_dir(), **settings.model_overrides("captioner")
+        profile, endpoint=llm_endpoint, **settings.model_overrides("captioner")
     ),
-    "instruction_writer": InstructionWriterResource.from_profile(
-        profile, cache_dir=settings.llm_cache_dir(), **settings.model_overrides("instruction_writer")
-    ),
+    "instruction_writer": InstructionWriterResource.from_profile(profile, endpoint=llm_endpoint),
     "tagger": TaggerResource.from_profile(profile, **settings.model_overrides("tagger")),
-    "object_selector": ObjectSelectorResource.from_profile(
-        profile,
-        api_key=_env("OPENAI_API_KEY"),
-        base_url=os.environ.get("OPENAI_BASE_URL") or None,
-        cache_dir=settings.llm_cache_dir(),
-    ),
+    "object_selector": ObjectSelectorResource.from_profile(profile, endpoint=llm_endpoint),
     "grounder": GrounderResource.from_profile(profile, **settings.model_overrides("grounder")),
     "segmenter": SegmenterResource.from_profile(profile, **settings.model_overrides("segmenter")),
     "editor": EditorResource.from_profile(profile, **settings.model_overrides("editor")),
     "scorer": ScorerResource.from_profile(profile, **settings.model_overrides("scorer")),
-    "dbt": dbt_models.dbt_resource(),
+    "dbt": dbt_assets.dbt_resource(),
 }
 
 inbox_sensor = build_inbox_sensor(shard_pipeline_job)
 rebuild_schedule = build_rebuild_schedule(shard_pipeline_job, [key for a in shard_assets for key in a.keys])
 
 defs = dg.Definitions(
-    assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_models.assets, *release_assets],
-    asset_checks=[
-        *source_checks.asset_checks,
-        *text_checks.asset_checks,
-        *region_checks.asset_checks,
-        *candidate_checks.asset_checks,
-        *quality_checks.asset_checks,
-    ],
+    assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_assets.assets, *release_card_assets],
+    asset_checks=[c for stage in STAGE_CHECKS for c in stage.asset_checks],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],
     sensors=[inbox_sensor, automation_sensor],
     schedules=[rebuild_schedule],

@@ -4,7 +4,7 @@
 run offline; its captions are random words, which is all a test of the plumbing needs. `save_tiny_captioner` writes
 it to a folder so local-path loading is exercised too. Short and descriptive captions use separate settings: the
 short one is unconditional greedy decoding with a small token budget; the descriptive one is conditioned on a text
-prefix and decoded with beam search and a larger budget (DALL-E 3's short vs descriptive, reference.md §2).
+prefix and decoded with beam search and a larger budget (DALL-E 3's short vs descriptive, docs/method.md §2).
 
 No Dagster imports here.
 """
@@ -39,8 +39,7 @@ class CaptionSettings:
 def build_tiny_captioner(seed: int = 0):
     """A seeded random BLIP captioner and its processor, built from small configs (no download)."""
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab = os.path.join(tmp, "vocab.txt")
@@ -51,12 +50,27 @@ def build_tiny_captioner(seed: int = 0):
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     config = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(vocab_size=len(TINY_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=128, encoder_hidden_size=32,
-                         bos_token_id=TINY_VOCAB.index("[DEC]"), pad_token_id=0, sep_token_id=TINY_VOCAB.index("[SEP]"),
-                         eos_token_id=TINY_VOCAB.index("[SEP]")),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(
+            vocab_size=len(TINY_VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            encoder_hidden_size=32,
+            bos_token_id=TINY_VOCAB.index("[DEC]"),
+            pad_token_id=0,
+            sep_token_id=TINY_VOCAB.index("[SEP]"),
+            eos_token_id=TINY_VOCAB.index("[SEP]"),
+        ),
         projection_dim=32,
     )
     torch.manual_seed(seed)
@@ -85,8 +99,9 @@ def load_captioner(model_id: str, device: str = "cpu", dtype: str = "float32", s
     return model.to(device=device, dtype=torch_dtype), processor
 
 
-def generate_captions(model, processor, images: list[Image.Image], settings: CaptionSettings | None = None,
-                      device: str = "cpu") -> list[tuple[str, str]]:
+def generate_captions(
+    model, processor, images: list[Image.Image], settings: CaptionSettings | None = None, device: str = "cpu"
+) -> list[tuple[str, str]]:
     """(short, descriptive) caption per image."""
     import torch
 
@@ -98,11 +113,16 @@ def generate_captions(model, processor, images: list[Image.Image], settings: Cap
         short_ids = model.generate(**inputs, max_new_tokens=s.short_max_new_tokens, do_sample=False, num_beams=1)
         prompted = processor(images=images, text=[s.desc_prompt] * len(images), return_tensors="pt").to(device)
         prompted["pixel_values"] = prompted["pixel_values"].to(dtype)
-        desc_ids = model.generate(**prompted, max_new_tokens=s.desc_max_new_tokens, num_beams=s.desc_num_beams,
-                                  do_sample=False, repetition_penalty=1.3)
+        desc_ids = model.generate(
+            **prompted,
+            max_new_tokens=s.desc_max_new_tokens,
+            num_beams=s.desc_num_beams,
+            do_sample=False,
+            repetition_penalty=1.3,
+        )
     shorts = processor.batch_decode(short_ids, skip_special_tokens=True)
     descs = processor.batch_decode(desc_ids, skip_special_tokens=True)
-    return [(_tidy(a), _tidy(b)) for a, b in zip(shorts, descs)]
+    return [(_tidy(a), _tidy(b)) for a, b in zip(shorts, descs, strict=True)]
 
 
 def _tidy(text: str) -> str:

@@ -63,8 +63,14 @@ def _precision(dtype: torch.dtype | str | None, device: str) -> str:
     if dtype is None or str(device).startswith("cpu"):
         return "fp32"
     if isinstance(dtype, str):
-        dtype = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
-                 "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+        dtype = {
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }[dtype]
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
 
 
@@ -102,16 +108,24 @@ def load_clip(
         raise ValueError(
             f"CLIP model {model_name!r} needs a pretrained tag or a checkpoint file (only 'tiny' is built random)"
         )
-    if not random_weights and not os.path.isfile(tag) and (os.path.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))):
+    if (
+        not random_weights
+        and not os.path.isfile(tag)
+        and (os.path.sep in tag or tag.endswith((".pt", ".bin", ".safetensors")))
+    ):
         raise FileNotFoundError(f"CLIP checkpoint file {tag!r} does not exist")
     precision = _precision(dtype, device)
     if random_weights:
         # seeded, and without disturbing the caller's global RNG state
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, precision=precision, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, precision=precision, device=device
+            )
     else:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, precision=precision, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=tag, precision=precision, device=device
+        )
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess, tokenizer
@@ -163,7 +177,7 @@ def resize_normalize(
     if (nh, nw) != (h, w):
         batch = F.interpolate(batch, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - th) // 2, (nw - tw) // 2
-    batch = batch[:, :, top:top + th, left:left + tw].clamp(0.0, 1.0)
+    batch = batch[:, :, top : top + th, left : left + tw].clamp(0.0, 1.0)
     m = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
     return (batch - m) / s
@@ -185,7 +199,7 @@ def encode_images(
     n = len(images)
     out = []
     for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         x = to_float_batch(chunk).to(device)
         x = resize_normalize(x, size, mean, std).to(dtype)
         emb = model.encode_image(x).float()
@@ -202,7 +216,7 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], b
     out = []
     texts = [t if isinstance(t, str) else "" for t in texts]
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
+        tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
         emb = model.encode_text(tokens).float()
         out.append(F.normalize(emb, dim=-1).cpu())
     if not out:

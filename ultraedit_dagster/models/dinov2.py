@@ -7,7 +7,7 @@
   `facebook/dinov2-with-registers-large`).
 
 Images are resized bicubically (antialiased) to `size` x `size` (518 in the `ultraedit` profile, as UltraEdit scores
-at 518 px) and normalised with the ImageNet mean/std, which the released UltraEdit scorer forgot (reference.md §5).
+at 518 px) and normalised with the ImageNet mean/std, which the released UltraEdit scorer forgot (docs/method.md §5).
 The embedding is the CLS token after the final layer norm (`pooler_output`), L2-normalised.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .clip import resize_normalize, to_float_batch
+from ultraedit_dagster.models.clip import resize_normalize, to_float_batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,8 +30,9 @@ TINY_NAMES = ("tiny", "tiny-registers")
 def tiny_config(registers: bool = False, image_size: int = 56):
     from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
-    kwargs = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=image_size,
-                  patch_size=14)
+    kwargs = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=image_size, patch_size=14
+    )
     if registers:
         return Dinov2WithRegistersConfig(num_register_tokens=4, **kwargs)
     return Dinov2Config(**kwargs)
@@ -80,7 +81,7 @@ def encode_images(
     p = next(model.parameters())
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_float_batch(images[start:start + batch_size]).to(p.device)
+        x = to_float_batch(images[start : start + batch_size]).to(p.device)
         x = resize_normalize(x, (size, size), IMAGENET_MEAN, IMAGENET_STD).to(p.dtype)
         cls = model(pixel_values=x).pooler_output.float()
         out.append(F.normalize(cls, dim=-1).cpu())

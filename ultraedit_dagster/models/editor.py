@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -121,14 +120,27 @@ def _reinit(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
 
 def build_tiny_sdxl(seed: int = 0):
     """A tiny StableDiffusionXLImg2ImgPipeline with seeded random weights (CPU, fp32)."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     text_cfg = dict(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77,
-        hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=32,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=CLIP_VOCAB_SIZE,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=32,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg))
@@ -162,8 +174,13 @@ def build_tiny_sdxl(seed: int = 0):
         force_upcast=False,
     )
     scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="trailing", prediction_type="epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
     )
     for i, module in enumerate((text_encoder, text_encoder_2, unet, vae)):
         _reinit(module, seed * 1000 + i)
@@ -185,35 +202,68 @@ def build_tiny_sdxl(seed: int = 0):
 
 def build_tiny_sd15(seed: int = 0):
     """A tiny StableDiffusionImg2ImgPipeline (the SD 1.5 / InstructPix2Pix backend), seeded random weights."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=CLIP_VOCAB_SIZE,
+            max_position_embeddings=77,
         )
     )
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(2, 4), cross_attention_dim=32, norm_num_groups=16,
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        norm_num_groups=16,
     )
     vae = AutoencoderKL(
-        block_out_channels=TINY_VAE_CHANNELS, in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 5, up_block_types=("UpDecoderBlock2D",) * 5,
-        latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=512,
+        block_out_channels=TINY_VAE_CHANNELS,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 5,
+        up_block_types=("UpDecoderBlock2D",) * 5,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=512,
     )
     scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
     )
     for i, module in enumerate((text_encoder, unet, vae)):
         _reinit(module, seed * 1000 + 10 + i)
     pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     for m in (text_encoder, unet, vae):
         m.eval()

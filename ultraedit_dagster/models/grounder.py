@@ -1,4 +1,4 @@
-"""GroundingDINO through transformers: text phrase -> boxes (reference.md §4: box threshold 0.30, text threshold 0.25).
+"""GroundingDINO through transformers: text phrase -> boxes (docs/method.md §4: box threshold 0.30, text 0.25).
 
 `load_grounder(model)` takes a hub id or a local folder written by `save_pretrained` (the processor is saved beside
 the model), or "tiny": a seeded random GroundingDINO built from a small config (Swin backbone, 1-layer BERT text
@@ -74,7 +74,7 @@ class Grounder:
             target_sizes=[(im.height, im.width) for im in images],
         )
         out: list[Detection] = []
-        for res, im in zip(results, images):
+        for res, im in zip(results, images, strict=True):
             scores = res["scores"].detach().float().cpu().numpy().astype(np.float32)
             boxes = res["boxes"].detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4)
             labels = [_clean_label(t) for t in res["text_labels"]]
@@ -121,7 +121,7 @@ def build_tiny_grounder_parts(seed: int = 0, words: Sequence[str] | None = None)
     )
 
     if words is None:
-        from ..object_selection import load_vocabulary
+        from ultraedit_dagster.regions.object_selection import load_vocabulary
 
         words = load_vocabulary()
     vocab = tiny_wordpiece_vocab(words)
@@ -131,18 +131,37 @@ def build_tiny_grounder_parts(seed: int = 0, words: Sequence[str] | None = None)
     )
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     backbone = SwinConfig(
-        image_size=TINY_IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-        window_size=2, out_features=["stage2", "stage3", "stage4"],
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=2,
+        out_features=["stage2", "stage3", "stage4"],
     )
     text = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
         max_position_embeddings=64,
     )
     # d_model must be a multiple of 32 (GroupNorm(32, d_model)); decoder_layers >= 2 (tied bbox heads)
     config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
-        num_queries=20, max_text_len=32, encoder_n_points=1, decoder_n_points=1,
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        max_text_len=32,
+        encoder_n_points=1,
+        decoder_n_points=1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

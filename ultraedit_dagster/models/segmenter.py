@@ -1,4 +1,4 @@
-"""SAM (segment-anything) prompted with all of an image's boxes at once; masks merged by max (reference.md §4).
+"""SAM (segment-anything) prompted with all of an image's boxes at once; masks merged by max (docs/method.md §4).
 
 `build_sam(model_type, checkpoint)` builds vit_h / vit_l / vit_b exactly like segment_anything's own builders, and
 "tiny" (a small config of the same modelling classes: ImageEncoderViT, PromptEncoder, MaskDecoder,
@@ -42,9 +42,19 @@ SAM_SPECS: dict[str, SamSpec] = {
     "vit_l": SamSpec(1024, 24, 16, (5, 11, 17, 23)),
     "vit_b": SamSpec(768, 12, 12, (2, 5, 8, 11)),
     TINY_TYPE: SamSpec(
-        encoder_embed_dim=16, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,), image_size=64,
-        patch_size=16, prompt_embed_dim=32, window_size=2, decoder_mlp_dim=32, decoder_heads=2, decoder_depth=1,
-        iou_head_hidden_dim=16, mask_in_chans=4,
+        encoder_embed_dim=16,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=64,
+        patch_size=16,
+        prompt_embed_dim=32,
+        window_size=2,
+        decoder_mlp_dim=32,
+        decoder_heads=2,
+        decoder_depth=1,
+        iou_head_hidden_dim=16,
+        mask_in_chans=4,
     ),
 }
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import clip as clip_models
+from ultraedit_dagster.models import clip as clip_models
 
 PROMPT_TEMPLATE = "a photo of a {}."
 
@@ -54,7 +54,10 @@ class Tagger:
         return torch.softmax(logits, dim=-1).numpy().astype(np.float32)
 
     def tag(
-        self, images: Sequence[Image.Image | np.ndarray], min_score: float = 0.05, max_tags: int = 20,
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        min_score: float = 0.05,
+        max_tags: int = 20,
         batch_size: int = 32,
     ) -> list[list[tuple[str, float]]]:
         """Per image: (noun, probability) with probability >= min_score, best first, at most max_tags."""
@@ -75,13 +78,15 @@ def load_tagger(
     seed: int = 0,
 ) -> Tagger:
     if vocabulary is None:
-        from ..object_selection import load_vocabulary
+        from ultraedit_dagster.regions.object_selection import load_vocabulary
 
         vocabulary = load_vocabulary()
     if not vocabulary:
         raise ValueError("the tagging vocabulary is empty")
     model, _, tokenizer = clip_models.load_clip(model_name, pretrained, device=device, dtype=dtype, seed=seed)
     return Tagger(
-        model=model, tokenizer=tokenizer, vocabulary=tuple(vocabulary),
+        model=model,
+        tokenizer=tokenizer,
+        vocabulary=tuple(vocabulary),
         model_id=clip_models.clip_model_id(model_name, pretrained) + f"+vocab{len(vocabulary)}",
     )

@@ -1,0 +1,206 @@
+"""edit_candidates end to end on a small synthetic shard with the tiny editor, plus its checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from ultraedit_dagster.core.imaging import decode_png, encode_png
+from ultraedit_dagster.core.profiles import TINY
+from ultraedit_dagster.core.resources import PipelineResource
+from ultraedit_dagster.editing import checks as candidate_checks
+from ultraedit_dagster.editing.assets import edit_candidates
+from ultraedit_dagster.editing.resources import EditorResource
+from ultraedit_dagster.editing.rows import EDIT_CANDIDATES_SCHEMA, candidate_uid
+from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.store import Lake
+
+SHARD = "demo-00000"
+NO_MASKS = "demo-00001"
+SIZE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_png((np.kron(rng.random((8, 8, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8))
+
+
+def _mask() -> bytes:
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[16:48, 8:40] = 255
+    m[12:52, 4:44][m[12:52, 4:44] == 0] = round(0.3 * 255)  # a soft band
+    return encode_png(Image.fromarray(m, mode="L"))
+
+
+def _ins(uid, image_uid, mode, status="ok", error=None, shard=SHARD):
+    return {
+        "instruction_uid": uid,
+        "image_uid": image_uid,
+        "shard": shard,
+        "instruction": "make the cat a dog",
+        "source_caption": "a cat on a sofa",
+        "target_caption": "a dog on a sofa",
+        "edit_type": "Replace",
+        "mode": mode,
+        "status": status,
+        "error": error,
+        "profile": "tiny",
+    }
+
+
+def _write_upstream(lake: Lake, shard: str, with_masks: bool) -> None:
+    src = [
+        {"uid": "img-a", "shard": shard, "image": _image(1), "status": "ok", "error": None, "profile": "tiny"},
+        {"uid": "img-b", "shard": shard, "image": _image(2), "status": "ok", "error": None, "profile": "tiny"},
+    ]
+    lake.write_table("source_images", shard, pa.Table.from_pylist(src))
+    rows = [
+        _ins("i-ff-a", "img-a", "free_form", shard=shard),
+        _ins("i-rg-a", "img-a", "region", shard=shard),
+        _ins("i-up", "img-a", "free_form", status="failed", error="LLM error: 500", shard=shard),
+        _ins("i-ff-b", "img-b", "free_form", shard=shard),
+        _ins("i-rg-b", "img-b", "region", shard=shard),
+        _ins("i-gone", "img-zzz", "free_form", shard=shard),
+    ]
+    lake.write_table("edit_instructions", shard, pa.Table.from_pylist(rows))
+    if with_masks:
+        masks = [
+            {
+                "instruction_uid": "i-rg-a",
+                "soft_mask": _mask(),
+                "soft_value": 0.3,
+                "qc": "ok",
+                "status": "ok",
+                "error": None,
+            },
+            {
+                "instruction_uid": "i-rg-b",
+                "soft_mask": None,
+                "soft_value": None,
+                "qc": "area 0.001 < 0.01",
+                "status": "failed",
+                "error": "mask qc: area 0.001 < 0.01",
+            },
+        ]
+        lake.write_table("region_masks", shard, pa.Table.from_pylist(masks))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cand")
+    lake = Lake(str(tmp / "lake"))
+    _write_upstream(lake, SHARD, with_masks=True)
+    _write_upstream(lake, NO_MASKS, with_masks=False)
+    inst = dg.DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("shards", [SHARD, NO_MASKS])
+    resources = {
+        "lake": LakeResource(root=str(tmp / "lake")),
+        "pipeline": PipelineResource(profile_name="tiny", global_seed=0),
+        "editor": EditorResource.from_profile(TINY, device="cpu", working_size=SIZE),
+    }
+    results = {}
+    for shard in (SHARD, NO_MASKS):
+        results[shard] = dg.materialize(
+            [edit_candidates, *candidate_checks.asset_checks], partition_key=shard, instance=inst, resources=resources
+        )
+    return lake, inst, resources, results
+
+
+def test_rows_per_candidate_and_failures_with_reasons(run):
+    lake, _, _, results = run
+    assert results[SHARD].success
+    t = lake.read_table("edit_candidates", SHARD)
+    assert t.schema.equals(EDIT_CANDIDATES_SCHEMA)
+    rows = t.to_pylist()
+    by = {}
+    for r in rows:
+        by.setdefault(r["instruction_uid"], []).append(r)
+    ff, rg = TINY.free_form.candidates_per_triplet, TINY.region.candidates_per_triplet
+    assert len(by["i-ff-a"]) == ff and len(by["i-ff-b"]) == ff and len(by["i-rg-a"]) == rg
+    assert all(r["status"] == "ok" and r["error"] is None for r in by["i-ff-a"] + by["i-ff-b"] + by["i-rg-a"])
+    assert [r["error"] for r in by["i-up"]] == ["edit_instructions: LLM error: 500"]
+    assert by["i-rg-b"][0]["status"] == "failed" and by["i-rg-b"][0]["error"].startswith("region_masks: mask qc")
+    assert by["i-gone"][0]["error"].startswith("source_images:")
+    assert len(rows) == 2 * ff + rg + 3
+    assert len({r["candidate_uid"] for r in rows}) == len(rows)
+    for r in by["i-ff-a"] + by["i-rg-a"]:
+        assert decode_png(r["source_image"]).size == (SIZE, SIZE) and decode_png(r["target_image"]).size == (SIZE, SIZE)
+        assert r["editor_id"] == "tiny-seed0" and r["profile"] == "tiny"
+        assert r["steps"] * r["strength"] >= 1 and 0 <= r["p"] <= 1
+    assert all(r["mask_image"] is None and r["soft_value"] is None for r in by["i-ff-a"])
+    assert all(r["mask_image"] is not None and r["soft_value"] == 0.3 for r in by["i-rg-a"])
+    assert {r["steps"] for r in by["i-rg-a"]} <= {10, 14} and {r["steps"] for r in by["i-ff-a"]} <= {3, 5, 8}
+    assert by["i-ff-a"][1]["candidate_uid"] == candidate_uid("i-ff-a", 1)
+    mat = results[SHARD].asset_materializations_for_node("edit_candidates")[0]
+    assert mat.metadata["ok"].value == 2 * ff + rg and mat.metadata["failed"].value == 3
+    assert mat.metadata["candidates_per_second"].value > 0
+    assert "data:image/png;base64" in mat.metadata["preview"].value
+
+
+def test_region_masks_not_materialized_gives_failed_rows(run):
+    lake, _, _, results = run
+    assert results[NO_MASKS].success
+    rows = lake.read_table("edit_candidates", NO_MASKS).to_pylist()
+    region = [r for r in rows if r["mode"] == "region"]
+    assert len(region) == 2 and all(r["status"] == "failed" and "not materialized" in r["error"] for r in region)
+    assert sum(r["status"] == "ok" for r in rows) == 2 * TINY.free_form.candidates_per_triplet
+
+
+def test_checks_pass(run):
+    _, _, _, results = run
+    evals = results[SHARD].get_asset_check_evaluations()
+    assert {e.check_name for e in evals} == {"edit_candidates_integrity", "edit_candidates_failure_rate"}
+    integrity = next(e for e in evals if e.check_name == "edit_candidates_integrity")
+    assert integrity.passed
+
+
+def test_rematerializing_reproduces_the_shard_byte_for_byte(run):
+    lake, inst, resources, _ = run
+    before = lake.read_table("edit_candidates", SHARD).to_pylist()
+    assert dg.materialize([edit_candidates], partition_key=SHARD, instance=inst, resources=resources).success
+    after = lake.read_table("edit_candidates", SHARD).to_pylist()
+    assert before == after
+
+
+def test_integrity_check_catches_a_broken_shard(run, tmp_path):
+    lake, _, _, _ = run
+    rows = lake.read_table("edit_candidates", SHARD).to_pylist()
+    ok = next(r for r in rows if r["status"] == "ok" and r["mode"] == "region")
+    bad_lake = Lake(str(tmp_path / "lake"))
+    broken = [dict(ok, target_image=None), dict(ok, mask_image=None, candidate_uid="x"), dict(ok, status="weird")]
+    bad_lake.write_table("edit_candidates", SHARD, pa.Table.from_pylist(broken, schema=EDIT_CANDIDATES_SCHEMA))
+    result = candidate_checks.integrity_result(LakeResource(root=str(tmp_path / "lake")), SHARD)
+    assert not result.passed
+    v = result.metadata["violations"].value
+    assert v["ok_without_images"] == 1 and v["region_ok_without_mask"] == 1 and v["bad_status"] == 1
+    assert v["duplicate_candidate_uid"] == 1
+
+
+def test_source_mode_real_keeps_the_photo(run, monkeypatch):
+    import dataclasses
+
+    from ultraedit_dagster.core import profiles
+
+    lake, inst, resources, _ = run
+    real = dataclasses.replace(
+        profiles.TINY, free_form=dataclasses.replace(profiles.TINY.free_form, source_mode="real")
+    )
+    monkeypatch.setitem(profiles.PROFILES, "tiny", real)
+    assert dg.materialize([edit_candidates], partition_key=NO_MASKS, instance=inst, resources=resources).success
+    rows = [r for r in lake.read_table("edit_candidates", NO_MASKS).to_pylist() if r["status"] == "ok"]
+    photo = lake.read_table("source_images", NO_MASKS).to_pylist()[0]["image"]
+    assert rows and all(r["source_is_real"] for r in rows)
+    assert all(r["source_image"] == photo for r in rows if r["image_uid"] == "img-a")
+    assert all(r["target_image"] != photo for r in rows)

@@ -1,0 +1,101 @@
+"""dbt_quality through dagster-dbt: lineage to our assets, models built into DuckDB from the lake, tests as checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import pytest
+
+from tests.quality_fixtures import write_synthetic_scores_and_release
+from ultraedit_dagster.lake.store import Lake
+
+
+@pytest.fixture(scope="module")
+def dbt_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dbt")
+    lake = Lake(str(root / "lake"))
+    write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=3, seed=0)
+    write_synthetic_scores_and_release(lake, "demo-00001", n_triplets=4, seed=1)
+    warehouse = root / "warehouse.duckdb"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ULTRAEDIT_LAKE", str(root / "lake"))
+    mp.setenv("ULTRAEDIT_WAREHOUSE", str(warehouse))
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+
+    with dg.DagsterInstance.ephemeral() as inst:
+        result = dg.materialize([dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()})
+    mp.undo()
+    return result, warehouse, lake, dbt_quality_models
+
+
+def test_lineage_maps_sources_to_dagster_assets():
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models
+
+    deps = dbt_quality_models.asset_deps
+    assert deps[dg.AssetKey("shard_quality")] == {dg.AssetKey("metric_scores"), dg.AssetKey("filtered_release")}
+    assert deps[dg.AssetKey("threshold_sweep")] == {dg.AssetKey("metric_scores")}
+    assert {k.asset_key for k in dbt_quality_models.check_keys} == {
+        dg.AssetKey(n) for n in ("shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep")
+    }
+    assert dbt_quality_models.op.pool == "duckdb_writer"
+
+
+def test_models_built_and_tests_pass_as_checks(dbt_run):
+    result, warehouse, lake, assets_def = dbt_run
+    assert result.success
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == set(assets_def.keys)
+    evals = result.get_asset_check_evaluations()
+    assert len(evals) == len(assets_def.check_keys) and all(e.passed for e in evals)
+    con = duckdb.connect(str(warehouse), read_only=True)
+    shards = con.execute("SELECT shard, candidates, failed, scored, kept FROM shard_quality ORDER BY shard").fetchall()
+    kept = {s: lake.num_rows("filtered_release", s) for s in ("demo-00000", "demo-00001")}
+    assert shards == [("demo-00000", 12, 3, 9, kept["demo-00000"]), ("demo-00001", 16, 4, 12, kept["demo-00001"])]
+    modes = dict(con.execute("SELECT mode, sum(candidates) FROM edit_type_quality GROUP BY 1").fetchall())
+    assert modes == {"free_form": 16, "region": 12}
+    n, mean = con.execute(
+        "SELECT n, mean FROM metric_summary WHERE population = 'scored' AND mode = 'free_form' "
+        "AND metric = 'clip_sim_dir'"
+    ).fetchone()
+    ref = con.execute(
+        f"SELECT count(clip_sim_dir), avg(clip_sim_dir) FROM read_parquet('{lake.root}/metric_scores/*/*.parquet') "
+        "WHERE status = 'ok' AND mode = 'free_form'"
+    ).fetchone()
+    assert n == ref[0] and mean == pytest.approx(ref[1])
+    # sweep: looser thresholds never keep fewer samples; the grid is complete
+    rows = con.execute("SELECT count(*), count(DISTINCT combo) FROM threshold_sweep").fetchone()
+    assert rows[0] == rows[1] == 6 * 6 * 3 * 3 * 2
+    loose, strict = con.execute(
+        "SELECT max(kept_samples) FILTER (WHERE min_clip_sim_image = 0.60 AND min_clip_sim_dir = 0.10 AND "
+        "min_clip_sim_caption = 0.18 AND min_dinov2_sim = 0.30), "
+        "min(kept_samples) FILTER (WHERE min_clip_sim_image = 0.85 AND min_clip_sim_dir = 0.30 AND "
+        "min_clip_sim_caption = 0.22 AND min_dinov2_sim = 0.50) FROM threshold_sweep"
+    ).fetchone()
+    assert loose >= strict and loose > 0
+
+
+def test_a_failing_dbt_test_shows_as_failed_check(tmp_path):
+    """A metric_scores row with an unknown mode is caught by edit_type_quality's accepted_values test."""
+    import pyarrow as pa
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=2)
+    table = lake.read_table("metric_scores", "demo-00000")
+    rows = table.to_pylist()
+    rows[0]["mode"] = "bogus"
+    lake.write_table("metric_scores", "demo-00000", pa.Table.from_pylist(rows, schema=table.schema))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ULTRAEDIT_LAKE", str(tmp_path / "lake"))
+    mp.setenv("ULTRAEDIT_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+
+    try:
+        with dg.DagsterInstance.ephemeral() as inst:
+            result = dg.materialize(
+                [dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()}, raise_on_error=False
+            )
+    finally:
+        mp.undo()
+    evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evals["accepted_values_edit_type_quality_mode__free_form__region"] is False
+    assert evals["unique_shard_quality_shard"] is True

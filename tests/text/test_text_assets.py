@@ -1,0 +1,287 @@
+"""The text-stage assets end to end: template and openai backends, checks, cache, determinism, captioners."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from tests.openai_test_server import OpenAITestServer
+from ultraedit_dagster.core.imaging import encode_png
+from ultraedit_dagster.core.resources import LLMEndpoint, PipelineResource
+from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.text.assets import captions, edit_instructions, seed_triplets
+from ultraedit_dagster.text.checks import asset_checks as text_checks
+from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource
+from ultraedit_dagster.text.rows import CAPTIONS_SCHEMA, WriterSettings, build_prompt, fit_clip_tokens
+from ultraedit_dagster.text.seeds import load_seeds
+
+SHARD = "demo-00000"
+SECRET = "sk-test-secret-never-stored"
+
+
+def _instance():
+    inst = dg.DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("shards", [SHARD])
+    return inst
+
+
+def _source_rows(captions_gt: list[str | None]) -> pa.Table:
+    rows = []
+    for i, cap in enumerate(captions_gt):
+        img = Image.new("RGB", (64, 64), (40 * i % 255, 90, 160))
+        failed = cap is None
+        rows.append(
+            {
+                "uid": f"img{i:03d}",
+                "shard": SHARD,
+                "image": None if failed else encode_png(img),
+                "width": 64,
+                "height": 64,
+                "uri": f"file:///x/{i}.png",
+                "caption_gt": cap or "",
+                "source": "test",
+                "license": "CC0",
+                "status": "failed" if failed else "ok",
+                "error": "decode: truncated file" if failed else None,
+                "profile": "tiny",
+            }
+        )
+    return pa.Table.from_pylist(rows)
+
+
+def _caption_rows(caps: list[str | None]) -> pa.Table:
+    rows = [
+        {
+            "uid": f"img{i:03d}",
+            "shard": SHARD,
+            "caption_gt": c,
+            "caption_short": c,
+            "caption_desc": c,
+            "caption_short_truncated": False,
+            "caption_short_clip_tokens": 10,
+            "captioner_id": "passthrough",
+            "status": "ok" if c else "failed",
+            "error": None if c else "source_images: decode: truncated",
+            "profile": "tiny",
+        }
+        for i, c in enumerate(caps)
+    ]
+    return pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA)
+
+
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_template_pipeline_end_to_end(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    demo = [
+        "A brown dog lying on a wooden porch next to a red door.",
+        "A red cup of espresso on a red saucer with a silver spoon on a wooden table.",
+        "A white rocket standing on a launch pad between tall towers under a blue evening sky.",
+        None,
+    ]
+    lake.write_table("source_images", SHARD, _source_rows(demo))
+    resources = {
+        "lake": LakeResource(root=str(tmp_path / "lake")),
+        "pipeline": PipelineResource(),
+        "captioner": CaptionerResource(),
+        "instruction_writer": InstructionWriterResource(),
+    }
+    with _instance() as inst:
+        assert dg.materialize([seed_triplets], instance=inst, resources=resources).success
+        res = dg.materialize(
+            [captions, edit_instructions, *text_checks], partition_key=SHARD, instance=inst, resources=resources
+        )
+        assert res.success
+        assert _checks(res) == {
+            "captions_complete": True,
+            "edit_instructions_valid": True,
+            "edit_instructions_failure_rates": True,
+        }
+    caps = lake.read_table("captions", SHARD).to_pylist()
+    assert [c["status"] for c in caps] == ["ok", "ok", "ok", "failed"]
+    assert caps[0]["caption_short"] == caps[0]["caption_desc"] == demo[0]
+    assert caps[3]["error"].startswith("source_images: ")
+    rows = lake.read_table("edit_instructions", SHARD).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 9 and len(rows) == 10
+    assert [r for r in rows if r["status"] == "failed"][0]["error"].startswith("captions: ")
+    assert all(r["llm_id"] == "template-v1" and r["mode"] in ("free_form", "region") for r in ok)
+    assert len({r["instruction_uid"] for r in rows}) == len(rows)
+    # re-running reproduces the shard exactly
+    with _instance() as inst:
+        assert dg.materialize([edit_instructions], partition_key=SHARD, instance=inst, resources=resources).success
+    assert lake.read_table("edit_instructions", SHARD).to_pylist() == rows
+
+
+def test_bad_seed_file_fails_the_asset(tmp_path, monkeypatch):
+    bad = tmp_path / "seeds.tsv"
+    bad.write_text("Add\tA dog.\tadd a cat\tA dog and a cat.\nTwist\tA.\tb\tC.\n")
+    monkeypatch.setattr("ultraedit_dagster.text.seeds.default_seed_path", lambda: bad)
+    with _instance() as inst:
+        res = dg.materialize(
+            [seed_triplets],
+            instance=inst,
+            raise_on_error=False,
+            resources={"lake": LakeResource(root=str(tmp_path / "lake"))},
+        )
+    assert not res.success
+    failure = res.get_step_failure_events()[0].event_specific_data.error
+    assert "line 2" in str(failure.message) + str(failure.cause)
+
+
+GOOD, R429, R500, MALFORMED, SLOW, TWO = (
+    "A brown dog lying on a wooden porch next to a red door.",
+    "A grey cat sleeping on a green sofa.",
+    "A yellow bus parked on a quiet street.",
+    "A white horse standing in a green field.",
+    "A small boat on a calm lake.",
+    "A tall tree in a snowy park.",
+)
+
+
+def test_openai_backend_end_to_end(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    caps = [GOOD, R429, R500, MALFORMED, SLOW, TWO, None]
+    lake.write_table("captions", SHARD, _caption_rows(caps))
+    with OpenAITestServer(slow_s=1.5) as server:
+        for caption, script in (
+            (R429, ["429"]),
+            (R500, ["500"]),
+            (MALFORMED, ["malformed"]),
+            (SLOW, ["slow", "slow"]),
+            (TWO, ["two"]),
+        ):
+            server.script(f"Caption to edit: {caption}", script)
+        writer = InstructionWriterResource(
+            backend="openai",
+            max_request_failure_rate=0.5,
+            endpoint=LLMEndpoint(
+                model="test-model",
+                base_url=server.base_url,
+                api_key=SECRET,
+                cache_dir=str(tmp_path / "cache"),
+                timeout_s=0.7,
+                max_retries=1,
+                backoff_base_s=0.01,
+                max_concurrency=3,
+            ),
+        )
+        resources = {
+            "lake": LakeResource(root=str(tmp_path / "lake")),
+            "pipeline": PipelineResource(),
+            "instruction_writer": writer,
+        }
+        with _instance() as inst:
+            assert dg.materialize([seed_triplets], instance=inst, resources=resources).success
+            res = dg.materialize(
+                [edit_instructions, *text_checks[1:]], partition_key=SHARD, instance=inst, resources=resources
+            )
+            assert res.success
+            assert _checks(res) == {"edit_instructions_valid": True, "edit_instructions_failure_rates": True}
+            meta = res.asset_materializations_for_node("edit_instructions")[0].metadata
+            # good 1 + 429 2 + 500 2 + malformed 1 (not retried) + slow 2 (timeout, retried once) + two 1
+            assert server.count("/chat/completions") == 9
+            assert meta["requests_sent"].value == 9 and meta["retries"].value == 3
+            rows = lake.read_table("edit_instructions", SHARD).to_pylist()
+            by_image: dict[str, list[dict]] = {}
+            for r in rows:
+                by_image.setdefault(r["image_uid"], []).append(r)
+            assert [len(by_image[f"img{i:03d}"]) for i in range(7)] == [3, 3, 3, 1, 1, 2, 1]
+            assert all(r["status"] == "ok" for i in (0, 1, 2, 5) for r in by_image[f"img{i:03d}"])
+            assert by_image["img003"][0]["error"].startswith("request failed: malformed response")
+            assert by_image["img004"][0]["error"].startswith("request failed: timeout")
+            assert by_image["img006"][0]["error"].startswith("captions: ")
+            assert by_image["img005"][0]["parse_note"] == "2 of 3 triplets"
+            good = by_image["img000"]
+            assert [r["source_caption"] for r in good] == [GOOD] * 3
+            assert good[0]["instruction"] == "add a small red ball next to it" and good[0]["edit_type"] == "Add"
+            # token counts: the request's usage, split over its rows so that sums are exact
+            body = next(b for p, b in server.requests if GOOD in b["messages"][1]["content"])
+            assert sum(r["prompt_tokens"] for r in good) == len(body["messages"][1]["content"].split()) + len(
+                body["messages"][0]["content"].split()
+            )
+            assert sum(r["completion_tokens"] for r in good) > 0
+            assert meta["prompt_tokens"].value == sum(r["prompt_tokens"] for r in rows) > 0
+            # the prompt recorded is the prompt that was built: same in-context samples every run
+            seeds = load_seeds()
+            from ultraedit_dagster.text.prompts import messages_hash
+
+            assert good[0]["prompt_sha"] == messages_hash(
+                build_prompt(
+                    {"uid": "img000", "caption_short": GOOD, "caption_desc": GOOD}, seeds, 0, writer.settings()
+                )
+            )
+
+            # second run: only what failed is re-sent (failures are never cached), and now succeeds
+            server.reset_counts()
+            assert dg.materialize([edit_instructions], partition_key=SHARD, instance=inst, resources=resources).success
+            assert server.count("/chat/completions") == 2
+            rows2 = lake.read_table("edit_instructions", SHARD).to_pylist()
+            assert sum(r["status"] == "ok" for r in rows2) == 3 + 3 + 3 + 3 + 3 + 2
+            # third run: everything is cached, zero requests, identical rows
+            server.reset_counts()
+            assert dg.materialize([edit_instructions], partition_key=SHARD, instance=inst, resources=resources).success
+            assert server.count() == 0
+            rows3 = lake.read_table("edit_instructions", SHARD).to_pylist()
+            assert [(r["instruction_uid"], r["prompt_tokens"], r["mode"]) for r in rows3] == [
+                (r["instruction_uid"], r["prompt_tokens"], r["mode"]) for r in rows2
+            ]
+            assert all(r["llm_cached"] for r in rows3 if r["status"] == "ok")
+    # the key is never stored: not in the lake, not in the cache
+    for path in list((tmp_path / "lake").rglob("*")) + list((tmp_path / "cache").rglob("*")):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_moderation(tmp_path):
+    from ultraedit_dagster.text.rows import instruction_rows
+
+    with OpenAITestServer() as server:
+        writer = InstructionWriterResource(
+            backend="openai",
+            moderation=True,
+            endpoint=LLMEndpoint(
+                model="m", base_url=server.base_url, api_key=SECRET, cache_dir=str(tmp_path / "cache")
+            ),
+        )
+        caps = _caption_rows(["A dog on a porch.", "A forbidden thing on a table."]).to_pylist()
+        rows, stats = instruction_rows(
+            caps,
+            shard=SHARD,
+            profile="tiny",
+            seeds=load_seeds(),
+            global_seed=0,
+            settings=writer.settings(),
+            client=writer.client(),
+        )
+        assert server.count("/moderations") == 2  # captions, then the first image's outputs
+        assert server.count("/chat/completions") == 1
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
+    assert rows[-1]["error"].startswith("moderation: caption flagged") and stats.moderation_failed == 1
+
+
+def test_short_caption_fits_77_clip_tokens():
+    long = "A very " + "long and winding description of a garden " * 20
+    text, truncated, n = fit_clip_tokens(long)
+    assert truncated and n > 77
+    from ultraedit_dagster.text.rows import clip_token_count
+
+    assert clip_token_count(text) <= 77 and long.startswith(text)
+    assert fit_clip_tokens("A dog.") == ("A dog.", False, 5)
+
+
+def test_from_profile():
+    from ultraedit_dagster.core.profiles import get_profile
+
+    tiny = get_profile("tiny")
+    assert InstructionWriterResource.from_profile(tiny).backend == "template"
+    assert CaptionerResource.from_profile(tiny).captioner_id == "passthrough"
+    w = InstructionWriterResource.from_profile(get_profile("ultraedit"))
+    assert w.backend == "openai" and w.triplets_per_caption == 3
+    with pytest.raises(ValueError):
+        WriterSettings(backend="nope") and InstructionWriterResource(backend="nope").llm_id

@@ -1,1 +1,0 @@
-"""Asset checks, one module per stage, next to the assets they guard."""

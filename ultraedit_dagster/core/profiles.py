@@ -1,0 +1,170 @@
+"""Profiles: one name picks the whole model set, generation parameters and thresholds.
+
+`tiny` (default here and in CI): small seeded random-weight models built from configs, the template LLM, the
+passthrough captioner. Its metric thresholds are its own (random CLIP weights do not produce UltraEdit-like
+similarities) and say so. `ultraedit`: the published models and thresholds (docs/method.md §3-5).
+
+Selected by the `ULTRAEDIT_PROFILE` environment variable. Every output row records the profile that made it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_PROFILE = "tiny"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Minimums a candidate must reach to pass (docs/method.md §5)."""
+
+    clip_sim_image: float
+    clip_sim_dir: float
+    clip_sim_source: float
+    clip_sim_target: float
+    dinov2_sim: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FreeFormGen:
+    strength: float = 0.6
+    steps_choices: tuple[int, ...] = (3, 5, 8)
+    guidance_range: tuple[float, float] = (0.4, 0.8)
+    p_range: tuple[float, float] = (0.1, 0.9)
+    candidates_per_triplet: int = 30
+    source_mode: str = "regenerated"  # or "real": keep the real photo as the source image
+
+
+@dataclass(frozen=True)
+class RegionGen:
+    strength: float = 0.3
+    steps_choices: tuple[int, ...] = (10, 14)
+    guidance_choices: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    p_range: tuple[float, float] = (0.1, 0.9)
+    candidates_per_triplet: int = 100
+    soft_mask_probability: float = 0.5
+    soft_mask_values: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8)
+
+
+@dataclass(frozen=True)
+class RegionMasking:
+    """Tagging, object selection, grounding and mask QC for region_masks (docs/method.md §4)."""
+
+    tag_min_score: float = 0.02  # softmax probability over the vocabulary
+    max_tags: int = 20
+    max_objects: int = 2
+    box_threshold: float = 0.30
+    text_threshold: float = 0.25
+    max_boxes: int = 0  # 0: every box above the threshold (GroundingDINO's behaviour)
+    min_area: float = 0.01
+    max_area: float = 0.90
+    max_contours: int = 500
+    fine_hull_max_contours: int = 150
+    max_qc_failure_rate: float = 0.5  # asset check (warn): share of region rows failing mask QC
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    free_form_top_k: int = 4
+    region_top_k: int = 3
+    region_min_passing: int = 3
+    # quality check (warn): a shard's pass_all rate among scored candidates should reach this
+    min_pass_rate: float = 0.02
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # models: "tiny" builds seeded random models from small configs; otherwise hub ids or local paths
+    captioner_backend: str
+    instruction_backend: str
+    object_selector_backend: str
+    editor_model: str
+    clip_model: str
+    clip_pretrained: str
+    dinov2_model: str
+    dinov2_size: int
+    grounder_model: str
+    sam_model_type: str
+    sam_checkpoint: str
+    tagger_clip_model: str
+    tagger_clip_pretrained: str
+    image_size: int = 512
+    triplets_per_caption: int = 3
+    region_fraction: float = 0.3
+    # text stage: transformers captioner id / local path ("tiny": seeded random BLIP); OpenAI-compatible LLM
+    captioner_model: str = "tiny"
+    llm_model: str = "gpt-4o-mini"
+    llm_base_url: str = ""  # empty: the OpenAI API; else any OpenAI-compatible server (vLLM, llama.cpp)
+    free_form: FreeFormGen = field(default_factory=FreeFormGen)
+    region: RegionGen = field(default_factory=RegionGen)
+    region_masking: RegionMasking = field(default_factory=RegionMasking)
+    selection: SelectionRule = field(default_factory=SelectionRule)
+    free_form_thresholds: Thresholds = field(
+        default_factory=lambda: Thresholds(0.75, 0.22, 0.2, 0.2, 0.4, "UltraEdit free-form (docs/method.md §5)")
+    )
+    region_thresholds: Thresholds = field(
+        default_factory=lambda: Thresholds(0.70, 0.22, 0.2, 0.2, 0.4, "UltraEdit region (docs/method.md §5)")
+    )
+
+
+TINY = Profile(
+    name="tiny",
+    captioner_backend="passthrough",
+    instruction_backend="template",
+    object_selector_backend="rules",
+    editor_model="tiny",
+    clip_model="tiny",
+    clip_pretrained="random",
+    dinov2_model="tiny",
+    dinov2_size=56,
+    grounder_model="tiny",
+    sam_model_type="tiny",
+    sam_checkpoint="",
+    tagger_clip_model="tiny",
+    tagger_clip_pretrained="random",
+    image_size=512,
+    free_form=FreeFormGen(candidates_per_triplet=2),
+    region=RegionGen(candidates_per_triplet=3),
+    # random tagger / grounder / SAM: keep the top tags and the 2 best boxes; QC failures are expected to be common
+    region_masking=RegionMasking(tag_min_score=0.0, max_tags=8, max_boxes=2, max_qc_failure_rate=1.0),
+    selection=SelectionRule(free_form_top_k=4, region_top_k=3, region_min_passing=1),
+    # Random-weight encoders give near-random similarities: these thresholds only exercise the selection
+    # logic end to end; they say nothing about quality.
+    free_form_thresholds=Thresholds(
+        -1.0, -1.0, -1.0, -1.0, -1.0, "tiny profile: random weights, thresholds are placeholders"
+    ),
+    region_thresholds=Thresholds(
+        -1.0, -1.0, -1.0, -1.0, -1.0, "tiny profile: random weights, thresholds are placeholders"
+    ),
+)
+
+ULTRAEDIT = Profile(
+    name="ultraedit",
+    captioner_backend="passthrough",
+    instruction_backend="openai",
+    object_selector_backend="openai",
+    editor_model="stabilityai/sdxl-turbo",
+    clip_model="ViT-L-14",
+    clip_pretrained="openai",
+    dinov2_model="facebook/dinov2-with-registers-large",
+    dinov2_size=518,
+    grounder_model="IDEA-Research/grounding-dino-base",
+    sam_model_type="vit_h",
+    sam_checkpoint="sam_vit_h_4b8939.pth",
+    tagger_clip_model="ViT-L-14",
+    tagger_clip_pretrained="openai",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, ULTRAEDIT)}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named, or the one in ULTRAEDIT_PROFILE, or `tiny`."""
+    name = name or os.environ.get("ULTRAEDIT_PROFILE") or DEFAULT_PROFILE
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None

@@ -1,0 +1,229 @@
+"""Retries: which errors are worth retrying, the step RetryPolicy for them, and run retries for crashed workers.
+
+Three layers, from cheapest to broadest:
+
+1. `TRANSIENT_RETRY_POLICY` on every asset (the lead sets `retry_policy=` on the asset or job): a step that failed
+   with a transient error (network, S3 throttling/5xx, LLM rate limit or timeout) is retried in the same run after
+   an exponentially growing, jittered delay. Assets wrap their body in `fail_fast_unless_transient()` so an error
+   retrying cannot fix (a model that does not load, a bad config, an invalid profile) raises `dg.Failure` with a
+   clear message and `allow_retries=False` instead of burning retries.
+2. Run retries (`run_retries:` in dagster.yaml, see `RUN_RETRY_TAGS`): the daemon re-launches a run whose worker
+   crashed or was pre-empted (spot GPU nodes), re-executing only the steps that had not succeeded.
+3. `ultraedit backfill --failed` / the nightly rebuild schedule for whatever is still failed after that.
+
+Pure logic; dagster is imported only where the policy objects are built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections.abc import Iterator
+
+import dagster as dg
+
+MAX_RETRIES = 4
+BASE_DELAY_S = 2.0  # attempts wait ~2s, 4s, 8s, 16s, each with full jitter
+
+TRANSIENT_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=MAX_RETRIES,
+    delay=BASE_DELAY_S,
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
+)
+
+# Tags that opt a run into (or out of) the instance's run retries. The instance default comes from dagster.yaml
+# (`run_retries: {enabled: true, max_retries: 2}`); `retry_on_asset_or_op_failure: false` there keeps the daemon
+# from re-running runs that failed for ordinary step errors (those are the RetryPolicy's and the backfill's job),
+# so only crashed/pre-empted workers are retried.
+RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
+INSTANCE_RUN_RETRIES = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+
+# HTTP statuses that mean "try again later".
+_RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# botocore / S3 error codes that are transient.
+_RETRYABLE_AWS_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "PriorRequestNotComplete",
+}
+# Class names (checked along the MRO) of transient errors from libraries we do not import here.
+_RETRYABLE_CLASS_NAMES = {
+    # openai
+    "RateLimitError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "InternalServerError",
+    # botocore / urllib3 / requests / httpx
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+    "ProtocolError",
+    "NewConnectionError",
+    "ConnectError",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "RemoteProtocolError",
+    "PoolTimeout",
+}
+# Errors no retry can fix: fail fast with a clear message.
+_PERMANENT_CLASS_NAMES = {
+    "ValidationError",
+    "DagsterInvalidConfigError",
+    "ProfileError",
+    "ModelLoadError",
+    "ManifestError",
+    "InvalidShardKey",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "BadRequestError",
+    "NoCredentialsError",
+    "PartialCredentialsError",
+}
+_TRANSIENT_ERRNOS = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EAGAIN,
+}
+_TRANSIENT_MESSAGES = (
+    "rate limit",
+    "too many requests",
+    "temporarily unavailable",
+    "connection reset",
+    "timed out",
+    "slow down",
+    "service unavailable",
+    "try again",
+)
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _status_code(exc: BaseException) -> int | None:
+    for attr in ("status_code", "status", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _aws_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors a later attempt may not hit: network failures, S3 throttling/5xx, LLM rate limits/timeouts.
+
+    The exception's cause chain is searched, so a `LakeError` raised `from` a botocore throttling error is
+    retryable while a `LakeError` about a missing shard is not. Anything unrecognised is *not* retryable: failing
+    fast and backfilling later is cheaper than retrying a deterministic bug four times on a GPU.
+    """
+    for e in _chain(exc):
+        names = _class_names(e)
+        if names & _PERMANENT_CLASS_NAMES:
+            return False
+        if names & _RETRYABLE_CLASS_NAMES:
+            return True
+        if isinstance(e, (TimeoutError, socket.timeout, ConnectionError)):
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        code = _aws_code(e)
+        if code is not None:
+            return code in _RETRYABLE_AWS_CODES or (_status_code(e) or 0) >= 500
+        status = _status_code(e)
+        if status is not None:
+            return status in _RETRYABLE_STATUS
+    message = str(exc).lower()
+    return any(m in message for m in _TRANSIENT_MESSAGES)
+
+
+def classify(exc: BaseException) -> str:
+    """'retryable' or 'fatal'."""
+    return "retryable" if is_retryable(exc) else "fatal"
+
+
+def fatal_message(exc: BaseException, stage: str = "") -> str:
+    where = f"{stage}: " if stage else ""
+    kind = type(exc).__name__
+    hint = ""
+    text = str(exc)
+    if isinstance(exc, (FileNotFoundError, ImportError, ModuleNotFoundError)) or "model" in text.lower():
+        hint = (
+            " (a model or its weights could not be loaded: check the profile's model ids, the model cache "
+            "volume / HF_HOME and that the weights were downloaded; retrying will not help)"
+        )
+    elif isinstance(exc, (ValueError, TypeError, KeyError)):
+        hint = " (a configuration or data error: retrying will not help)"
+    return f"{where}{kind}: {text}{hint}"
+
+
+@contextlib.contextmanager
+def fail_fast_unless_transient(stage: str = "") -> Iterator[None]:
+    """Re-raise transient errors unchanged (the RetryPolicy retries them); turn every other error into a
+    `dg.Failure(allow_retries=False)` with a clear message, so the step fails at once."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if is_retryable(exc):
+            raise
+        raise dg.Failure(description=fatal_message(exc, stage), allow_retries=False) from exc
+
+
+def call_with_retries(
+    fn, *args, max_retries: int = MAX_RETRIES, base_delay: float = BASE_DELAY_S, sleep=None, rng=None, **kwargs
+):
+    """Retry `fn` in-process on transient errors with exponential backoff and full jitter (for calls inside a
+    step, e.g. one LLM request out of thousands, where re-running the whole step would waste work)."""
+    import random
+    import time
+
+    sleep = sleep or time.sleep
+    rng = rng or random.Random()
+    for attempt in range(max_retries + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == max_retries or not is_retryable(exc):
+                raise
+            sleep(rng.uniform(0, base_delay * (2**attempt)))
+    raise AssertionError("unreachable")

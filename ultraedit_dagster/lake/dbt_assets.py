@@ -1,0 +1,49 @@
+"""dbt_quality (dbt-duckdb) as Dagster assets: models over the lake's metric_scores / filtered_release Parquet,
+written into the DuckDB warehouse; dbt tests appear as asset checks; runs in the `duckdb_writer` pool."""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+
+from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, MANIFEST, dbt_env, dbt_executable
+
+# Nothing runs at import: the manifest is made by `make setup` / `make ui` / the Dockerfile
+# (`python -m ultraedit_dagster.lake.dbt_project`), never while the definitions load.
+if not MANIFEST.exists():
+    raise FileNotFoundError(
+        f"{MANIFEST} is missing: run `python -m ultraedit_dagster.lake.dbt_project` (or `make setup`) "
+        "to parse dbt_quality"
+    )
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+
+
+class UltraEditDbtTranslator(DagsterDbtTranslator):
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return (
+            "warehouse"
+            if dbt_resource_props["resource_type"] == "model"
+            else super().get_group_name(dbt_resource_props)
+        )
+
+
+@dbt_assets(
+    manifest=MANIFEST,
+    project=dbt_project,
+    pool="duckdb_writer",
+    dagster_dbt_translator=UltraEditDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
+)
+def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """dbt build of dbt_quality: shard_quality, edit_type_quality, metric_summary, threshold_sweep (and their tests)."""
+    os.environ.update(dbt_env(os.environ.get("ULTRAEDIT_LAKE"), os.environ.get("ULTRAEDIT_WAREHOUSE")))
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+def dbt_resource() -> DbtCliResource:
+    """The `dbt` resource for definitions.py."""
+    return DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=dbt_executable())
+
+
+assets = [dbt_quality_models]

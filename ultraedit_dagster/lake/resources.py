@@ -1,0 +1,78 @@
+"""The lake and the warehouse as Dagster resources."""
+
+import os
+from typing import Optional
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
+
+from ultraedit_dagster.core import settings
+from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH
+
+# Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource.
+
+DEFAULT_LAKE_ROOT = ".ultraedit/lake"
+
+
+class LakeResource(dg.ConfigurableResource):
+    """Where every per-shard asset writes its one Parquet file per shard.
+
+    `root` is a local folder or `s3://bucket/prefix`; for S3, credentials and the endpoint (any S3-compatible
+    store) come from the nested `s3` resource, i.e. from environment variables through `dg.EnvVar`.
+    """
+
+    root: str = DEFAULT_LAKE_ROOT
+    s3: Optional[S3Resource] = None
+    _lake: Optional[Lake] = PrivateAttr(default=None)
+
+    def s3_client(self):
+        """A boto3 S3 client for the configured endpoint (also used to fetch s3:// source images)."""
+        return (self.s3 or S3Resource()).get_client()
+
+    def s3_settings(self) -> dict:
+        s3 = self.s3 or S3Resource()
+        return {
+            "endpoint_url": s3.endpoint_url,
+            "aws_access_key_id": s3.aws_access_key_id,
+            "aws_secret_access_key": s3.aws_secret_access_key,
+            "region_name": s3.region_name,
+        }
+
+    @property
+    def lake(self) -> Lake:
+        if self._lake is None:
+            client = self.s3_client() if self.root.startswith("s3://") else None
+            self._lake = Lake(self.root, s3_client=client)
+        return self._lake
+
+
+def lake_resource_from_env(for_definitions: bool = True) -> LakeResource:
+    """The lake configured by ULTRAEDIT_LAKE / ULTRAEDIT_HOME and the AWS_* variables.
+
+    For the definitions, credentials stay `dg.EnvVar`s (resolved inside runs, never written into run config or
+    logs); outside a run (the CLI) they are read directly, because an EnvVar field cannot be read there.
+    """
+
+    def env(name: str):
+        if not os.environ.get(name):
+            return None
+        return dg.EnvVar(name) if for_definitions else os.environ[name]
+
+    s3 = S3Resource(
+        endpoint_url=env("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("AWS_REGION") or None,
+        aws_access_key_id=env("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env("AWS_SECRET_ACCESS_KEY"),
+    )
+    return LakeResource(root=settings.lake_root(), s3=s3)
+
+
+# The analysts' DuckDB file as a resource.
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file holding a view per lake asset and the dbt_quality models. One writer at a time."""
+
+    path: str = DEFAULT_WAREHOUSE_PATH

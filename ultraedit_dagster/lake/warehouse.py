@@ -1,0 +1,98 @@
+"""The DuckDB warehouse: one view per lake asset over its Parquet files (the shard is a column of every row).
+
+Only the warehouse refresh (and dbt) write the DuckDB file, one process at a time (pool `duckdb_writer`); analysts
+open it read-only (`duckdb -readonly .ultraedit/warehouse.duckdb`) whenever nothing is writing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from ultraedit_dagster.lake.store import SHARD_ASSETS, Lake, validate_asset_name
+
+DEFAULT_WAREHOUSE_PATH = ".ultraedit/warehouse.duckdb"
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (quotes doubled). Used only for DDL, where DuckDB cannot bind parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    if not _IDENT.match(name):
+        raise WarehouseError(f"refusing SQL identifier {name!r}")
+    return f'"{name}"'
+
+
+@contextlib.contextmanager
+def connect_writer(path: str, retries: int = 20, wait_s: float = 0.25) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse for writing, waiting briefly if another process holds its lock."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries):
+        try:
+            con = duckdb.connect(path)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt == retries - 1:
+                raise WarehouseError(f"warehouse {path} is locked by another process: {exc}") from exc
+            time.sleep(wait_s * (attempt + 1))
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def configure_lake_access(con: duckdb.DuckDBPyConnection, lake: Lake, s3_settings: dict | None = None) -> None:
+    """For an S3 lake, load httpfs and register the endpoint and credentials as a (session) secret."""
+    if not lake.is_s3:
+        return
+    try:
+        con.execute("LOAD httpfs")
+    except duckdb.Error as exc:
+        raise WarehouseError(
+            "the lake is on S3 but DuckDB's httpfs extension is not installed; run `INSTALL httpfs` once on a machine "
+            f"with internet access (or copy the extension into ~/.duckdb/extensions): {exc}"
+        ) from exc
+    s3 = s3_settings or {}
+    endpoint = (s3.get("endpoint_url") or "").removeprefix("https://").removeprefix("http://")
+    params = {
+        "KEY_ID": s3.get("aws_access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        "SECRET": s3.get("aws_secret_access_key") or os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        "REGION": s3.get("region_name") or os.environ.get("AWS_REGION", "us-east-1"),
+    }
+    if endpoint:
+        params["ENDPOINT"] = endpoint
+        params["URL_STYLE"] = "path"
+        params["USE_SSL"] = "true" if (s3.get("endpoint_url") or "").startswith("https") else "false"
+    body = ", ".join(f"{k} {sql_string(v) if k != 'USE_SSL' else v}" for k, v in params.items())
+    con.execute(f"CREATE OR REPLACE SECRET ultraedit_lake (TYPE s3, {body})")
+
+
+def refresh_views(
+    con: duckdb.DuckDBPyConnection, lake: Lake, assets: tuple[str, ...] = SHARD_ASSETS
+) -> dict[str, int | None]:
+    """Create or replace one view per asset over its shard files; returns rows per view (None: no shard yet)."""
+    counts: dict[str, int | None] = {}
+    for asset in assets:
+        validate_asset_name(asset)
+        view = _identifier(asset)
+        if not lake.list_shards(asset):
+            con.execute(f"DROP VIEW IF EXISTS {view}")
+            counts[asset] = None
+            continue
+        source = f"read_parquet({sql_string(lake.asset_glob(asset))}, union_by_name = true)"
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}")
+        counts[asset] = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+    return counts

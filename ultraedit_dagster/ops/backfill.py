@@ -1,0 +1,138 @@
+"""`ultraedit backfill --failed [--asset A]`: backfill only what is missing or failed, through Dagster's backfills.
+
+The backfill targets exactly the (asset, shard) pairs whose latest materialization attempt failed or that were never
+materialized (shards with a run in progress are left alone), so healthy work is never recomputed. It is an ordinary
+Dagster asset backfill (`instance.add_backfill`): the daemon (`dagster dev`, or `dagster-daemon run` in production)
+executes it, honouring each asset's BackfillPolicy (GPU stages batch several shards per run so models load once),
+and the UI shows it under Overview → Backfills.
+
+With `--asset A`, only shards where A is missing or failed are chosen; for those shards the backfill covers A plus
+whichever of A's upstream and downstream per-shard assets are missing or failed (so A can succeed, and the repaired
+shard flows on to the release).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import dagster as dg
+
+from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.ops.automation import assets_needing_rebuild
+
+BACKFILL_TAG = "ultraedit/failed_backfill"
+
+
+def _asset_graph(defs_or_graph):
+    if isinstance(defs_or_graph, dg.Definitions):
+        return defs_or_graph.resolve_asset_graph()
+    return defs_or_graph
+
+
+def shard_asset_keys(asset_graph) -> list[dg.AssetKey]:
+    """Every asset in the graph partitioned by `shards`, in topological order."""
+    ordered = [k for level in asset_graph.toposorted_asset_keys_by_level for k in sorted(level)]
+    return [
+        k
+        for k in ordered
+        if asset_graph.has(k)
+        and asset_graph.get(k).is_materializable
+        and asset_graph.get(k).partitions_def is not None
+        and getattr(asset_graph.get(k).partitions_def, "name", None) == shards.name
+    ]
+
+
+def failed_asset_partitions(
+    instance: dg.DagsterInstance, defs_or_graph, asset: str | None = None
+) -> dict[str, list[dg.AssetKey]]:
+    """{shard: [asset keys to rebuild]} as the backfill would target them."""
+    graph = _asset_graph(defs_or_graph)
+    keys = shard_asset_keys(graph)
+    if asset is None:
+        return assets_needing_rebuild(instance, keys, shards)
+    target = dg.AssetKey.from_user_string(asset)
+    if target not in keys:
+        names = ", ".join(k.to_user_string() for k in keys)
+        raise ValueError(f"--asset {asset!r} is not a per-shard asset; choose one of: {names}")
+    todo_for_target = assets_needing_rebuild(instance, [target], shards)
+    if not todo_for_target:
+        return {}
+    # A itself, whatever upstream of A is broken for those shards (else A would fail again), and A's downstream
+    upstream = graph.get_ancestor_asset_keys(target)
+    related = [k for k in keys if k == target or k in upstream or target in graph.get_ancestor_asset_keys(k)]
+    everything = assets_needing_rebuild(instance, related, shards, partition_keys=list(todo_for_target))
+    return {shard: everything.get(shard, [target]) for shard in todo_for_target}
+
+
+def launch_failed_backfill(
+    instance: dg.DagsterInstance, defs_or_graph, asset: str | None = None, title: str | None = None
+) -> str | None:
+    """Add an asset backfill of exactly the missing/failed (asset, shard) pairs; returns its id, or None if all is
+    healthy."""
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    graph = _asset_graph(defs_or_graph)
+    todo = failed_asset_partitions(instance, graph, asset)
+    if not todo:
+        return None
+    pairs = {AssetKeyPartitionKey(key, shard) for shard, keys in todo.items() for key in keys}
+    subset = AssetGraphSubset.from_asset_partition_set(pairs, graph)
+    backfill_id = make_new_backfill_id()
+    shard_list = sorted(todo)
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=backfill_id,
+        backfill_timestamp=time.time(),
+        tags={BACKFILL_TAG: asset or "all"},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=subset,
+        title=title or f"rebuild failed/missing shards ({len(shard_list)})",
+        description="Missing or failed shards: " + ", ".join(shard_list)[:900],
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--failed",
+        action="store_true",
+        required=True,
+        help="backfill the shards whose latest run failed or that are missing",
+    )
+    parser.add_argument("--asset", help="only shards where this asset failed or is missing (plus its downstream)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be backfilled, launch nothing")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `ultraedit backfill --failed [--asset A] [--dry-run]`."""
+    from ultraedit_dagster.definitions import defs
+    from ultraedit_dagster.ops.instance import ensure_instance
+
+    instance = ensure_instance()
+    try:
+        todo = failed_asset_partitions(instance, defs, getattr(args, "asset", None))
+        if not todo:
+            print("nothing to backfill: every shard is materialized for every per-shard asset")
+            return 0
+        for shard, keys in todo.items():
+            print(f"  {shard}: {', '.join(k.to_user_string() for k in keys)}")
+        if getattr(args, "dry_run", False):
+            print(f"{len(todo)} shard(s) would be backfilled (dry run)")
+            return 0
+        backfill_id = launch_failed_backfill(instance, defs, getattr(args, "asset", None))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"backfill {backfill_id} added for {len(todo)} shard(s); the Dagster daemon runs it "
+        "(see Overview → Backfills in the UI)"
+    )
+    return 0

@@ -1,0 +1,159 @@
+"""Checks on `region_masks`: mask sizes and values, non-empty masks on ok rows, the mask-QC failure rate."""
+
+import io
+
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from ultraedit_dagster.core.resources import PipelineResource
+from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.shard_sql import shard_connection
+from ultraedit_dagster.regions import mask_math as mm
+from ultraedit_dagster.regions.assets import region_masks
+from ultraedit_dagster.regions.rows import ASSET, MASK_COLUMNS, MASK_QC
+
+BINARY_MASKS = tuple(c for c in MASK_COLUMNS if c != "soft_mask")
+
+
+def _image_sizes(lake: LakeResource, shard: str, uids: set[str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of the source images, read from the PNG headers only."""
+    sizes: dict[str, tuple[int, int]] = {}
+    if not uids:
+        return sizes
+    for batch in lake.lake.iter_batches("source_images", shard, batch_size=64, columns=["uid", "image"]):
+        for row in batch.to_pylist():
+            if row["uid"] in uids and row["image"]:
+                with Image.open(io.BytesIO(row["image"])) as im:
+                    sizes[row["uid"]] = im.size
+    return sizes
+
+
+def mask_problems(row: dict, size: tuple[int, int] | None) -> list[str]:
+    """What is wrong with one row's stored masks (empty list when nothing)."""
+    problems = []
+    for col in MASK_COLUMNS:
+        data = row.get(col)
+        if data is None:
+            continue
+        try:
+            im = Image.open(io.BytesIO(data))
+            im.load()
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{col}: undecodable ({exc})")
+            continue
+        if im.mode != "L":
+            problems.append(f"{col}: mode {im.mode}, expected L")
+        if size is not None and im.size != size:
+            problems.append(f"{col}: size {im.size} != image size {size}")
+        values = set(np.unique(np.asarray(im)).tolist())
+        if col in BINARY_MASKS:
+            if not values <= {0, 255}:
+                problems.append(f"{col}: values {sorted(values)[:5]} not binary 0/255")
+        else:
+            allowed = {0, 255}
+            if row.get("soft_value") is not None:
+                # the same conversion the asset uses (float32 mask -> round(v * 255))
+                allowed.add(int(mm.to_uint8(np.array([row["soft_value"]], dtype=np.float32))[0]))
+            if not values <= allowed:
+                problems.append(f"{col}: values {sorted(values)[:5]} outside {sorted(allowed)}")
+    return problems
+
+
+@dg.asset_check(
+    asset=region_masks,
+    blocking=True,
+    description="Every stored mask is a PNG 'L' of its image's size with valid values (binary 0/255; "
+    "the soft mask 0, 255 and its band value).",
+)
+def region_masks_valid_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    cols = ["instruction_uid", "image_uid", "soft_value", *MASK_COLUMNS]
+    uids: set[str] = set()
+    for batch in lake.lake.iter_batches(ASSET, shard, columns=["image_uid", "fine_mask"]):
+        uids |= {r["image_uid"] for r in batch.to_pylist() if r["fine_mask"] is not None}
+    sizes = _image_sizes(lake, shard, uids)
+    checked = 0
+    bad: list[str] = []
+    for batch in lake.lake.iter_batches(ASSET, shard, batch_size=64, columns=cols):
+        for row in batch.to_pylist():
+            if row["fine_mask"] is None:
+                continue
+            checked += 1
+            problems = mask_problems(row, sizes.get(row["image_uid"]))
+            if row["image_uid"] not in sizes:
+                problems.append("source image not found to compare sizes")
+            if problems:
+                bad.append(f"{row['instruction_uid']}: {'; '.join(problems)}")
+    return dg.AssetCheckResult(
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows_with_masks": checked, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
+    )
+
+
+@dg.asset_check(
+    asset=region_masks,
+    blocking=True,
+    description="Every ok row has all its masks, a non-empty fine mask and a soft mask.",
+)
+def region_masks_ok_rows_have_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    bad: list[str] = []
+    ok_rows = 0
+    for batch in lake.lake.iter_batches(
+        ASSET, context.partition_key, batch_size=64, columns=["instruction_uid", "status", *MASK_COLUMNS]
+    ):
+        for row in batch.to_pylist():
+            if row["status"] != "ok":
+                continue
+            ok_rows += 1
+            missing = [c for c in MASK_COLUMNS if not row[c]]
+            if missing:
+                bad.append(f"{row['instruction_uid']}: missing {', '.join(missing)}")
+                continue
+            if not np.asarray(Image.open(io.BytesIO(row["fine_mask"]))).any():
+                bad.append(f"{row['instruction_uid']}: empty fine mask")
+    return dg.AssetCheckResult(
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"ok_rows": ok_rows, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
+    )
+
+
+@dg.asset_check(
+    asset=region_masks,
+    blocking=False,
+    description="The share of masked rows failing mask QC stays under the profile's maximum.",
+)
+def region_masks_qc_failure_rate(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
+) -> dg.AssetCheckResult:
+    con = shard_connection(lake, ASSET, context.partition_key)
+    prefix = f"{MASK_QC}:%"
+    masked, qc_failed, no_detection = con.execute(
+        "SELECT count(*) FILTER (WHERE qc IS NOT NULL OR error LIKE ?), count(*) FILTER (WHERE error LIKE ?), "
+        "count(*) FILTER (WHERE error LIKE 'no detection:%') FROM t",
+        [prefix, prefix],
+    ).fetchone()
+    reasons = dict(
+        con.execute(
+            "SELECT qc, count(*) FROM t WHERE error LIKE ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5", [prefix]
+        ).fetchall()
+    )
+    rate = qc_failed / masked if masked else 0.0
+    limit = pipeline.profile.region_masking.max_qc_failure_rate
+    return dg.AssetCheckResult(
+        passed=rate <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "masked_rows": masked,
+            "qc_failed": qc_failed,
+            "qc_failure_rate": rate,
+            "max_qc_failure_rate": limit,
+            "no_detection": no_detection,
+            "top_qc_reasons": str(reasons),
+        },
+    )
+
+
+asset_checks = [region_masks_valid_masks, region_masks_ok_rows_have_masks, region_masks_qc_failure_rate]

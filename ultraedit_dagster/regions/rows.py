@@ -1,0 +1,311 @@
+"""Region-mask rows (docs/method.md §4): tag the image, select the edited object(s), ground them with GroundingDINO,
+segment with SAM, expand and QC the masks. The schema and Dagster-free row building; the models come in as
+arguments (anything with the resources' methods)."""
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from ultraedit_dagster.core.imaging import encode_png
+from ultraedit_dagster.core.rows import mark_failed, source_images_of
+from ultraedit_dagster.regions import mask_math as mm
+from ultraedit_dagster.regions.object_selection import NONE_OBJECT, ObjectSelection, grounding_text
+
+ASSET = "region_masks"
+IMAGE_BATCH = 8
+PREVIEW_TILES = 12
+MASK_COLUMNS = ("fine_mask", "hull_mask", "box_mask", "inner_mask", "outer_mask", "soft_mask")
+
+REGION_MASKS_SCHEMA = pa.schema(
+    [
+        ("instruction_uid", pa.string()),
+        ("image_uid", pa.string()),
+        ("shard", pa.string()),
+        ("instruction", pa.string()),
+        ("edit_type", pa.string()),
+        ("edit_object", pa.string()),
+        ("selection_reason", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("grounding_text", pa.string()),
+        ("boxes", pa.list_(pa.list_(pa.float64()))),
+        ("box_scores", pa.list_(pa.float64())),
+        ("box_labels", pa.list_(pa.string())),
+        *[(c, pa.binary()) for c in MASK_COLUMNS],
+        ("soft_value", pa.float64()),
+        ("contour_count", pa.int64()),
+        ("mask_area_fraction", pa.float64()),
+        ("qc", pa.string()),
+        ("tagger_id", pa.string()),
+        ("object_selector_id", pa.string()),
+        ("grounder_id", pa.string()),
+        ("segmenter_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("profile", pa.string()),
+    ]
+)
+
+# outcome categories for metadata and checks (the prefix of `error`)
+UPSTREAM, NO_DETECTION, MASK_QC = "upstream", "no detection", "mask qc"
+
+
+def _mask_png(mask: np.ndarray) -> bytes:
+    return encode_png(Image.fromarray(mm.to_uint8(mask), mode="L"))
+
+
+def _each(fn: Callable[[list], list], items: list, label: str) -> list[Any]:
+    """fn over the batch; when the batch call fails, item by item so one bad input fails only its own row."""
+    if not items:
+        return []
+    try:
+        out = fn(items)
+        if len(out) != len(items):
+            raise RuntimeError(f"{label} returned {len(out)} results for {len(items)} inputs")
+        return out
+    except Exception:  # noqa: BLE001 - isolate the failing item below
+        results: list[Any] = []
+        for item in items:
+            try:
+                results += fn([item])
+            except Exception as exc:  # noqa: BLE001 - recorded in the row
+                results.append(RuntimeError(f"{label}: {type(exc).__name__}: {exc}"))
+        return results
+
+
+def base_row(ins: dict, shard: str, profile: str) -> dict:
+    row = {name: None for name in REGION_MASKS_SCHEMA.names}
+    row.update(
+        instruction_uid=ins["instruction_uid"],
+        image_uid=ins["image_uid"],
+        shard=shard,
+        instruction=ins.get("instruction"),
+        edit_type=ins.get("edit_type"),
+        tags=[],
+        boxes=[],
+        box_scores=[],
+        box_labels=[],
+        profile=profile,
+        status="ok",
+    )
+    return row
+
+
+def fail(row: dict, error: str) -> dict:
+    return mark_failed(row, error)
+
+
+def process_images(
+    images: Sequence[tuple[str, Image.Image]],
+    instructions: dict[str, list[dict]],
+    *,
+    shard: str,
+    profile: str,
+    global_seed: int,
+    qc: mm.MaskQC,
+    soft_probability: float,
+    soft_values: Sequence[float],
+    tagger: Any,
+    selector: Any,
+    grounder: Any,
+    segmenter: Any,
+) -> tuple[list[dict], list[Image.Image]]:
+    """Rows for every region instruction of these (image_uid, RGB image) pairs, plus overlay tiles of ok rows."""
+    tiles: list[Image.Image] = []
+    pil = dict(images)
+    uids = [u for u, _ in images]
+
+    tag_results = _each(lambda ims: tagger.tag([pil[u] for u in ims]), uids, "tagger")
+    tags = dict(zip(uids, tag_results, strict=True))
+
+    rows: list[dict] = []
+    pending: list[dict] = []  # rows still ok, with their instruction
+    for uid in uids:
+        for ins in instructions.get(uid, []):
+            row = base_row(ins, shard, profile)
+            if isinstance(tags[uid], Exception):
+                rows.append(fail(row, str(tags[uid])))
+                continue
+            row["tags"] = list(tags[uid])
+            row["tagger_id"] = tagger.model_id
+            rows.append(row)
+            pending.append({"row": row, "ins": ins})
+
+    requests = [
+        {
+            "instruction": p["ins"].get("instruction") or "",
+            "source_caption": p["ins"].get("source_caption") or "",
+            "target_caption": p["ins"].get("target_caption") or "",
+            "tags": p["row"]["tags"],
+            "edit_type": p["ins"].get("edit_type"),
+        }
+        for p in pending
+    ]
+    selections = _each(selector.select_many, requests, "object_selector")
+
+    to_ground: list[dict] = []
+    for p, sel in zip(pending, selections, strict=True):
+        row = p["row"]
+        row["object_selector_id"] = selector.selector_id
+        if isinstance(sel, Exception):
+            fail(row, f"object_selector: {sel}")
+            continue
+        assert isinstance(sel, ObjectSelection)
+        row["edit_object"], row["selection_reason"] = sel.edit_object, sel.reason or None
+        if sel.is_none:
+            image = pil[row["image_uid"]]
+            _fill_masks(row, mm.full_image_masks(image.height, image.width))
+            continue
+        row["grounding_text"] = grounding_text(sel.objects)
+        to_ground.append(row)
+
+    detections = _each(
+        lambda rs: grounder.detect([pil[r["image_uid"]] for r in rs], [r["grounding_text"] for r in rs]),
+        to_ground,
+        "grounder",
+    )
+    for row, det in zip(to_ground, detections, strict=True):
+        if isinstance(det, Exception):
+            fail(row, str(det))
+            continue
+        row["grounder_id"] = grounder.model_id
+        if len(det) == 0:
+            fail(
+                row,
+                f"{NO_DETECTION}: no box for {row['grounding_text']!r} above box threshold {grounder.box_threshold}",
+            )
+            continue
+        row["boxes"] = [[float(v) for v in b] for b in det.boxes]
+        row["box_scores"] = [float(s) for s in det.scores]
+        row["box_labels"] = list(det.labels)
+        image = pil[row["image_uid"]]
+        try:
+            fine = segmenter.segment(np.asarray(image), row["boxes"])
+            row["segmenter_id"] = segmenter.model_id
+        except Exception as exc:  # noqa: BLE001 - recorded in the row
+            fail(row, f"segmenter: {type(exc).__name__}: {exc}")
+            continue
+        masks = mm.build_region_masks(
+            fine,
+            row["boxes"],
+            row["instruction_uid"],
+            global_seed,
+            qc=qc,
+            soft_probability=soft_probability,
+            soft_values=soft_values,
+        )
+        _fill_masks(row, masks)
+        if not masks.ok:
+            fail(row, f"{MASK_QC}: {masks.qc}")
+        elif len(tiles) < PREVIEW_TILES:
+            tiles.append(overlay_tile(image, masks.soft, row["boxes"]))
+    return rows, tiles
+
+
+def _fill_masks(row: dict, masks: mm.RegionMasks) -> None:
+    row.update(
+        fine_mask=_mask_png(masks.fine),
+        hull_mask=_mask_png(masks.hull),
+        box_mask=_mask_png(masks.box),
+        inner_mask=_mask_png(masks.inner),
+        outer_mask=_mask_png(masks.outer),
+        soft_mask=_mask_png(masks.soft),
+        soft_value=masks.soft_value,
+        contour_count=masks.contour_count,
+        mask_area_fraction=masks.area_fraction,
+        qc=masks.qc,
+    )
+
+
+def overlay_tile(image: Image.Image, soft: np.ndarray, boxes: Sequence[Sequence[float]]) -> Image.Image:
+    import cv2
+
+    out = mm.overlay(np.asarray(image.convert("RGB")), soft)
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (40, 220, 40), 3)
+    return Image.fromarray(out)
+
+
+def outcome(row: dict) -> str:
+    if row["status"] == "ok":
+        return "whole image (NONE)" if row["edit_object"] == NONE_OBJECT else "ok"
+    err = row["error"] or ""
+    for prefix in (NO_DETECTION, MASK_QC):
+        if err.startswith(prefix):
+            return prefix
+    if err.startswith(("source_images:", "edit_instructions:")):
+        return UPSTREAM
+    return "model error"
+
+
+def region_mask_batches(
+    lake: Any,
+    shard: str,
+    *,
+    profile: Any,
+    global_seed: int,
+    tagger: Any,
+    selector: Any,
+    grounder: Any,
+    segmenter: Any,
+) -> Iterator[tuple[list[dict], list[Image.Image]]]:
+    """The shard's `region_masks` rows, a batch at a time, with overlay tiles of ok rows: one row per region-mode
+    instruction of `edit_instructions`; failed upstream rows and unusable images give failed rows with the reason."""
+    rm = profile.region_masking
+    qc = mm.MaskQC(rm.min_area, rm.max_area, rm.max_contours, rm.fine_hull_max_contours)
+    instructions: dict[str, list[dict]] = defaultdict(list)
+    failed_upstream: list[dict] = []
+    cols = [
+        "instruction_uid",
+        "image_uid",
+        "instruction",
+        "source_caption",
+        "target_caption",
+        "edit_type",
+        "mode",
+        "status",
+        "error",
+    ]
+    for batch in lake.iter_batches("edit_instructions", shard, batch_size=1024, columns=cols):
+        for ins in batch.to_pylist():
+            if ins["mode"] != "region":
+                continue
+            if ins["status"] != "ok":
+                failed_upstream.append(fail(base_row(ins, shard, profile.name), f"edit_instructions: {ins['error']}"))
+                continue
+            instructions[ins["image_uid"]].append(ins)
+    if failed_upstream:
+        yield failed_upstream, []
+
+    group: list[tuple[str, Image.Image]] = []
+
+    def flush() -> tuple[list[dict], list[Image.Image]]:
+        out = process_images(
+            group,
+            instructions,
+            shard=shard,
+            profile=profile.name,
+            global_seed=global_seed,
+            qc=qc,
+            soft_probability=profile.region.soft_mask_probability,
+            soft_values=profile.region.soft_mask_values,
+            tagger=tagger,
+            selector=selector,
+            grounder=grounder,
+            segmenter=segmenter,
+        )
+        group.clear()
+        return out
+
+    for source in source_images_of(lake, shard, instructions, batch_size=IMAGE_BATCH):
+        if source.error:
+            yield [fail(base_row(i, shard, profile.name), source.error) for i in instructions[source.uid]], []
+            continue
+        group.append((source.uid, source.image))
+        if len(group) >= IMAGE_BATCH:
+            yield flush()
+    if group:
+        yield flush()

@@ -1,0 +1,184 @@
+"""Release stage: the kept samples per shard (selection over the scores) and the published release with its card."""
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
+from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.resources import PipelineResource
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.store import Lake, swap_folder
+from ultraedit_dagster.release.card import build_release
+from ultraedit_dagster.release.schema import empty_release_table, release_row, release_schema
+from ultraedit_dagster.release.selection import select
+
+PREVIEW_IMAGES = 8
+
+
+def _lookup(lake: Lake, asset: str, shard: str, key: str, wanted: list[str]) -> dict[str, dict[str, Any]]:
+    """key -> row of the wanted (non-image) columns of an upstream shard; empty when that shard is missing."""
+    if not lake.exists(asset, shard):
+        return {}
+    have = lake.columns(asset, shard)
+    if key not in have:
+        return {}
+    cols = [key] + [c for c in wanted if c in have and c != key]
+    out: dict[str, dict[str, Any]] = {}
+    for batch in lake.iter_batches(asset, shard, batch_size=4096, columns=cols):
+        for row in batch.to_pylist():
+            out.setdefault(row[key], row)
+    return out
+
+
+@dg.asset(
+    partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    deps=["metric_scores", "edit_candidates", "captions", "source_images", "edit_instructions", "region_masks"],
+    group_name="quality",
+    kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def filtered_release(
+    context: dg.AssetExecutionContext, lake: LakeResource, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """The kept samples of the shard in UltraEdit's release schema (docs/method.md §6) plus provenance columns:
+    per triplet, passing candidates sorted by clip_sim_dir, top 4 (free-form) or top 3 with at least 3 passing
+    (region) as set by the profile. A shard where nothing passes still materializes, with zero rows and the
+    reasons in the metadata."""
+    shard = context.partition_key
+    the_lake = lake.lake
+    profile = pipeline.profile
+    scores = [r for b in the_lake.iter_batches("metric_scores", shard, batch_size=4096) for r in b.to_pylist()]
+    result = select(scores, profile.selection)
+    chosen = {r["candidate_uid"]: r for r in result.selected}
+
+    captions = _lookup(
+        the_lake, "captions", shard, "uid", ["caption_gt", "caption_short", "caption_desc", "captioner_id"]
+    )
+    sources = _lookup(the_lake, "source_images", shard, "uid", ["uri", "caption_gt", "source", "license"])
+    instructions = _lookup(the_lake, "edit_instructions", shard, "instruction_uid", ["llm_id", "caption_desc"])
+    regions = _lookup(
+        the_lake, "region_masks", shard, "instruction_uid", ["edit_object", "tagger_id", "grounder_id", "segmenter_id"]
+    )
+
+    schema = release_schema()
+    written = 0
+    by_split: Counter = Counter()
+    preview = []
+    with the_lake.open_writer("filtered_release", shard, schema) as writer:
+        if chosen:
+            for batch in the_lake.iter_batches("edit_candidates", shard, batch_size=32):
+                out = []
+                for cand in batch.to_pylist():
+                    score = chosen.get(cand["candidate_uid"])
+                    if score is None:
+                        continue
+                    out.append(
+                        release_row(
+                            cand,
+                            score,
+                            rank=score["rank"],
+                            caption=captions.get(cand.get("image_uid")),
+                            source=sources.get(cand.get("image_uid")),
+                            instruction=instructions.get(cand["instruction_uid"]),
+                            region=regions.get(cand["instruction_uid"]),
+                        )
+                    )
+                    by_split[cand["mode"]] += 1
+                    if len(preview) < PREVIEW_IMAGES:
+                        preview.append(decode_png(cand["target_image"]))
+                if out:
+                    writer.write_table(pa.Table.from_pylist(out, schema=schema))
+                    written += len(out)
+        else:
+            writer.write_table(empty_release_table())
+    failed = sum(1 for r in scores if r["status"] != "ok")
+    metadata: dict[str, Any] = {
+        "rows": written,
+        "free_form": by_split.get("free_form", 0),
+        "region": by_split.get("region", 0),
+        "candidates": len(scores),
+        "candidates_failed": failed,
+        "triplets": result.triplets,
+        "triplets_kept": result.triplets_kept,
+        "triplets_dropped_reasons": str(result.reasons),
+        "profile": profile.name,
+        "lake_uri": the_lake.shard_uri("filtered_release", shard),
+    }
+    if written != len(chosen):
+        raise RuntimeError(
+            f"filtered_release: {len(chosen)} candidates selected but {written} found in edit_candidates"
+        )
+    if written == 0:
+        metadata["why_empty"] = (
+            "no candidates in metric_scores"
+            if not scores
+            else f"no triplet kept a sample: {dict(result.reasons)} ({failed}/{len(scores)} candidates failed upstream)"
+        )
+    if preview:
+        metadata["preview"] = dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), "kept edits"))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+class ReleaseCardConfig(dg.Config):
+    release_dir: str = ""  # empty: the lake's `release/` prefix; else a local folder
+    gallery_size: int = 24
+    title: str = "ultraedit-dagster release"
+
+
+def publish_folder(src: Path, lake: Lake, release_dir: str) -> str:
+    """Replace the release at its destination (a local folder, or the lake's `release/`) with the built folder."""
+    if release_dir:
+        dest = Path(release_dir).expanduser().resolve()
+        swap_folder(src, dest)
+        return str(dest)
+    return lake.replace_folder("release", src)
+
+
+@dg.asset(deps=[filtered_release], group_name="quality", kinds={"parquet", "html"})
+def release_card(
+    context: dg.AssetExecutionContext, config: ReleaseCardConfig, lake: LakeResource, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """The release: per-split Parquet files (free_form / region) over all shards, a dataset card (counts by split,
+    edit type and licence; metric means and histograms; thresholds and models; files with row counts and sha256)
+    and a static HTML gallery of sampled rows. Written under the lake's `release/` or a configured folder."""
+    profile = pipeline.profile
+    thresholds = {"free_form": profile.free_form_thresholds, "region": profile.region_thresholds}
+    note = profile.free_form_thresholds.note if profile.name == "tiny" else ""
+    with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
+        summary = build_release(
+            lake.lake,
+            tmp,
+            thresholds=thresholds,
+            profile_note=note,
+            gallery_size=config.gallery_size,
+            title=config.title,
+        )
+        if summary.duplicate_idx or summary.duplicate_uid:
+            raise RuntimeError(
+                f"release has {summary.duplicate_idx} duplicate idx and {summary.duplicate_uid} "
+                "duplicate uid values across shards"
+            )
+        card = (Path(tmp) / "README.md").read_text()
+        where = publish_folder(Path(tmp), lake.lake, config.release_dir)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": summary.rows,
+            "free_form": summary.by_split.get("free_form", 0),
+            "region": summary.by_split.get("region", 0),
+            "shards": len(summary.shards),
+            "files": len(summary.files),
+            "release_uri": where,
+            "gallery": f"{where}/gallery/index.html",
+            "card": dg.MetadataValue.md(card.split("---", 2)[-1][:20000]),
+        }
+    )
+
+
+assets = [filtered_release, release_card]

@@ -1,0 +1,391 @@
+"""The release: per-split Parquet files, a dataset card (README.md) and a static HTML gallery (no Dagster imports).
+
+`build_release(lake, out_dir, ...)` reads every shard of `filtered_release` from the lake (streaming; images are
+never all in memory) and writes, into a fresh local folder:
+
+    README.md                     the dataset card (YAML header with the split -> files mapping for `datasets`)
+    data/<split>-<shard>.parquet  the release rows of one split of one shard (release schema, HF image features)
+    figures/<metric>.png          histograms of the release metrics per split
+    gallery/index.html            a sample of rows: source | edited | mask | instruction | scores
+    gallery/images/*.png          the sample's images, next to the HTML
+    release.json                  the machine-readable summary (counts, means, files with rows and sha256)
+
+The caller (the `release_card` asset) publishes the folder to the lake's `release/` prefix or a configured folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.release.schema import IMAGE_COLUMNS, RELEASE_METRICS, SPLITS, release_schema
+from ultraedit_dagster.scoring.metrics import THRESHOLD_METRICS
+
+SUMMARY_COLUMNS = [
+    "split",
+    "uid",
+    "idx",
+    "shard",
+    "edit_type",
+    "license",
+    "profile",
+    *RELEASE_METRICS,
+    "l1",
+    "clip_model_id",
+    "dinov2_model_id",
+    "scorer_input_sizes",
+    "editor_id",
+    "llm_id",
+    "captioner_id",
+    "tagger_id",
+    "grounder_id",
+    "segmenter_id",
+]
+MODEL_ID_COLUMNS = [
+    "editor_id",
+    "llm_id",
+    "captioner_id",
+    "tagger_id",
+    "grounder_id",
+    "segmenter_id",
+    "clip_model_id",
+    "dinov2_model_id",
+    "scorer_input_sizes",
+]
+SPLIT_LABEL = {"free_form": "free-form", "region": "region-based"}
+
+
+@dataclass
+class ReleaseSummary:
+    rows: int = 0
+    by_split: dict[str, int] = field(default_factory=dict)
+    by_edit_type: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_license: dict[str, int] = field(default_factory=dict)
+    means: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, list[str]] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    duplicate_idx: int = 0
+    duplicate_uid: int = 0
+    gallery_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _gallery_pick(summary_rows: list[dict[str, Any]], n: int) -> set[int]:
+    """A deterministic sample: per split, the rows with the smallest idx (idx is a hash, so this is a random draw)."""
+    picked: set[int] = set()
+    per_split = max(1, n // max(1, len({r["split"] for r in summary_rows})))
+    for split in SPLITS:
+        idxs = sorted(r["idx"] for r in summary_rows if r["split"] == split)
+        picked.update(idxs[:per_split])
+    return picked
+
+
+def _histograms(summary_rows: list[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for metric in (*RELEASE_METRICS, "l1"):
+        fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
+        for split in SPLITS:
+            vals = [r[metric] for r in summary_rows if r["split"] == split and r[metric] is not None]
+            if vals:
+                ax.hist(vals, bins=30, alpha=0.6, label=f"{SPLIT_LABEL[split]} (n={len(vals)})")
+        ax.set_title(metric)
+        ax.set_xlabel(metric)
+        ax.set_ylabel("rows")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{metric}.png", format="png")
+        plt.close(fig)
+        names.append(f"{metric}.png")
+    return names
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def build_release(
+    lake: Lake,
+    out_dir: str | Path,
+    *,
+    thresholds: Mapping[str, Any],
+    profile_note: str = "",
+    gallery_size: int = 24,
+    title: str = "ultraedit-dagster release",
+    batch_size: int = 64,
+) -> ReleaseSummary:
+    """Write the release folder (see module docstring) and return its summary. `thresholds`: split -> Thresholds."""
+    out = Path(out_dir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    summary = ReleaseSummary()
+    shards = lake.list_shards("filtered_release")
+    summary.shards = shards
+
+    # pass 1: the small columns of every row (stats, sample choice, uniqueness)
+    rows: list[dict[str, Any]] = []
+    for shard in shards:
+        for batch in lake.iter_batches("filtered_release", shard, batch_size=4096, columns=SUMMARY_COLUMNS):
+            rows.extend(batch.to_pylist())
+    summary.rows = len(rows)
+    summary.by_split = dict(Counter(r["split"] for r in rows))
+    et: dict[str, dict[str, int]] = defaultdict(dict)
+    for (etype, split), c in Counter((r["edit_type"], r["split"]) for r in rows).items():
+        et[etype or "unknown"][split] = c
+    summary.by_edit_type = dict(sorted(et.items()))
+    summary.by_license = dict(Counter(r["license"] or "unknown" for r in rows).most_common())
+    for split in SPLITS:
+        sr = [r for r in rows if r["split"] == split]
+        summary.means[split] = {
+            m: (float(np.mean([r[m] for r in sr if r[m] is not None])) if any(r[m] is not None for r in sr) else None)
+            for m in (*RELEASE_METRICS, "l1")
+        }
+    summary.models = {c: sorted({r[c] for r in rows if r[c]}) for c in MODEL_ID_COLUMNS}
+    summary.profiles = sorted({r["profile"] for r in rows if r["profile"]})
+    summary.duplicate_idx = len(rows) - len({r["idx"] for r in rows})
+    summary.duplicate_uid = len(rows) - len({r["uid"] for r in rows})
+    gallery_idx = _gallery_pick(rows, gallery_size)
+    figures = _histograms(rows, out / "figures")
+
+    # pass 2: split files + gallery images
+    schema = release_schema()
+    gallery_dir = out / "gallery"
+    (gallery_dir / "images").mkdir(parents=True, exist_ok=True)
+    gallery: list[dict[str, Any]] = []
+    for shard in shards:
+        writers: dict[str, pq.ParquetWriter] = {}
+        counts: Counter = Counter()
+        try:
+            for batch in lake.iter_batches("filtered_release", shard, batch_size=batch_size):
+                table = pa.Table.from_batches([batch]).cast(schema)
+                for split in SPLITS:
+                    part = table.filter(pa.compute.equal(table["split"], split))
+                    if part.num_rows == 0:
+                        continue
+                    if split not in writers:
+                        writers[split] = pq.ParquetWriter(
+                            str(out / "data" / f"{split}-{shard}.parquet"), schema, compression="zstd"
+                        )
+                    writers[split].write_table(part)
+                    counts[split] += part.num_rows
+                for row in table.filter(
+                    pa.compute.is_in(table["idx"], pa.array(sorted(gallery_idx), pa.int64()))
+                ).to_pylist():
+                    entry = {
+                        k: row[k]
+                        for k in (
+                            "idx",
+                            "split",
+                            "edit_type",
+                            "edit_prompt",
+                            "source_caption",
+                            "target_caption",
+                            "edit_object",
+                            *RELEASE_METRICS,
+                            "l1",
+                        )
+                    }
+                    for col in IMAGE_COLUMNS:
+                        cell = row[col]
+                        if cell and cell.get("bytes"):
+                            name = f"{row['idx']}_{col}.png"
+                            (gallery_dir / "images" / name).write_bytes(cell["bytes"])
+                            entry[col] = f"images/{name}"
+                        else:
+                            entry[col] = None
+                    gallery.append(entry)
+        finally:
+            for w in writers.values():
+                w.close()
+        for split, n in sorted(counts.items()):
+            path = out / "data" / f"{split}-{shard}.parquet"
+            summary.files.append(
+                {
+                    "path": f"data/{split}-{shard}.parquet",
+                    "split": split,
+                    "rows": n,
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
+    gallery.sort(key=lambda e: (e["split"], e["idx"]))
+    summary.gallery_rows = len(gallery)
+    (gallery_dir / "index.html").write_text(gallery_html(gallery, title), encoding="utf-8")
+    (out / "README.md").write_text(card_markdown(summary, thresholds, figures, title, profile_note), encoding="utf-8")
+    (out / "release.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
+    return summary
+
+
+def card_markdown(
+    s: ReleaseSummary, thresholds: Mapping[str, Any], figures: list[str], title: str, profile_note: str = ""
+) -> str:
+    splits_present = [sp for sp in SPLITS if any(f["split"] == sp for f in s.files)]
+    yaml = [
+        "---",
+        "license: other",
+        "task_categories:",
+        "- image-to-image",
+        f"pretty_name: {title}",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+    ]
+    for sp in splits_present:
+        yaml += [f"  - split: {sp}", f"    path: data/{sp}-*.parquet"]
+    if not splits_present:
+        yaml = yaml[:-2]
+    yaml.append("---")
+    lines = [
+        *yaml,
+        "",
+        f"# {title}",
+        "",
+        "Instruction-based image-editing pairs made by ultraedit-dagster, following UltraEdit "
+        "(arXiv 2407.05282): columns `clip_sim_source`, `clip_sim_target`, `clip_sim_dir`, `clip_sim_image`, "
+        "`dinov2_sim`, `ssim`, `source_caption`, `target_caption`, `edit_prompt`, `edit_object`, `idx`, "
+        "`source_image`, `edited_image`, `mask_image`, plus provenance columns (uid, shard, edit type, seed, "
+        "p, steps, guidance, the model id of every stage, profile, caption variants, original URI, licence).",
+        "",
+        "The source image is generated (regenerated from the source caption), not the original photo.",
+        "",
+    ]
+    if profile_note:
+        lines += [f"> **Profile note:** {profile_note}", ""]
+    lines += [
+        "## Counts",
+        "",
+        f"Total rows: **{s.rows}** from {len(s.shards)} shard(s); profile(s): {', '.join(s.profiles) or '—'}.",
+        "",
+        "| split | rows |",
+        "|---|---|",
+    ]
+    lines += [f"| {sp} | {s.by_split.get(sp, 0)} |" for sp in SPLITS]
+    lines += ["", "### By edit type", "", "| edit type | free_form | region |", "|---|---|---|"]
+    lines += [f"| {et} | {c.get('free_form', 0)} | {c.get('region', 0)} |" for et, c in s.by_edit_type.items()]
+    lines += ["", "### By licence", "", "| licence | rows |", "|---|---|"]
+    lines += [f"| {lic} | {c} |" for lic, c in s.by_license.items()]
+    lines += [
+        "",
+        "Mixed licences: check each row's `license` before redistribution.",
+        "",
+        "## Metric means",
+        "",
+        "| metric | free_form | region |",
+        "|---|---|---|",
+    ]
+    for m in (*RELEASE_METRICS, "l1"):
+        lines.append(
+            f"| {m} | {_fmt(s.means.get('free_form', {}).get(m))} | {_fmt(s.means.get('region', {}).get(m))} |"
+        )
+    lines += [
+        "",
+        "UltraEdit reports CLIPin 0.2834, CLIPout 0.3049, CLIPdir 0.2950, CLIPimg 0.8427, SSIM 0.6401, "
+        "DINOv2 0.7231 for its release (docs/method.md §5).",
+        "",
+        "### Histograms",
+        "",
+    ]
+    lines += [f"![{f[:-4]}](figures/{f})" for f in figures]
+    lines += [
+        "",
+        "## Thresholds",
+        "",
+        "A candidate passes when every metric reaches its minimum; SSIM and L1 are recorded, not filtered.",
+        "",
+        "| metric | " + " | ".join(thresholds) + " |",
+        "|---|" + "---|" * len(thresholds),
+    ]
+    for m in THRESHOLD_METRICS:
+        lines.append(f"| {m} | " + " | ".join(f"≥ {getattr(t, m)}" for t in thresholds.values()) + " |")
+    notes = {getattr(t, "note", "") for t in thresholds.values()} - {""}
+    lines += [f"Note: {n}" for n in sorted(notes)]
+    lines += ["", "## Models", "", "| stage | model ids |", "|---|---|"]
+    lines += [f"| {k} | {', '.join(v) or '—'} |" for k, v in s.models.items()]
+    lines += ["", "## Files", "", "| file | split | rows | bytes | sha256 |", "|---|---|---|---|---|"]
+    lines += [f"| {f['path']} | {f['split']} | {f['rows']} | {f['bytes']} | `{f['sha256']}` |" for f in s.files]
+    lines += [
+        "",
+        'Load it with `datasets.load_dataset("parquet", data_files={"free_form": "data/free_form-*.parquet", '
+        '"region": "data/region-*.parquet"})`; the image columns decode to PIL images.',
+        "",
+        "## Gallery",
+        "",
+        f"[gallery/index.html](gallery/index.html): {s.gallery_rows} sampled rows.",
+        "",
+    ]
+    if s.duplicate_idx or s.duplicate_uid:
+        lines += [f"**Warning:** {s.duplicate_idx} duplicate idx, {s.duplicate_uid} duplicate uid.", ""]
+    return "\n".join(lines)
+
+
+_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-total', String(imgs.length));
+  document.body.setAttribute('data-images-loaded', String(ok));
+});
+</script>"""
+
+
+def gallery_html(entries: list[dict[str, Any]], title: str) -> str:
+    e = html.escape
+    rows = []
+    for r in entries:
+        cells = []
+        for col in IMAGE_COLUMNS:
+            cells.append(
+                f'<td><img src="{e(r[col])}" alt="{col}" width="192"></td>'
+                if r.get(col)
+                else '<td class="none">no mask (free-form)</td>'
+            )
+        scores = "<br>".join(f"{m}: {_fmt(r.get(m))}" for m in (*RELEASE_METRICS, "l1"))
+        text = (
+            f"<b>{e(r['edit_prompt'] or '')}</b><br><i>{e(r['source_caption'] or '')}</i> → "
+            f"<i>{e(r['target_caption'] or '')}</i><br>{e(r['split'])} · {e(r['edit_type'] or '')}"
+            + (f" · object: {e(r['edit_object'])}" if r.get("edit_object") else "")
+            + f"<br>idx {r['idx']}"
+        )
+        rows.append(f"<tr>{''.join(cells)}<td>{text}</td><td class=s>{scores}</td></tr>")
+    body = "\n".join(rows) or '<tr><td colspan="5">The release is empty.</td></tr>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)} gallery</title>
+<style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px;vertical-align:top;font-size:13px}}td.s{{font-family:monospace;font-size:11px}}td.none{{color:#888}}</style>
+</head><body>
+<h1>{e(title)}: {len(entries)} sampled rows</h1>
+<table><thead><tr><th>source</th><th>edited</th><th>mask</th><th>instruction</th><th>scores</th></tr></thead>
+<tbody>
+{body}
+</tbody></table>
+{_SCRIPT}
+</body></html>
+"""

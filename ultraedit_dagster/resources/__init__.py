@@ -1,1 +1,0 @@
-"""Dagster resources: storage, warehouse and one per model role."""

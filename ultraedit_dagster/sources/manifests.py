@@ -1,0 +1,249 @@
+"""Source manifests: read, validate, split into shard manifests.
+
+A manifest is JSONL, CSV or Parquet with columns `image` (local path, file:// or s3:// URI), `caption`, and optional
+`id`, `source`, `license`. Relative local paths are resolved against the manifest's folder. Registration writes one
+shard manifest per `shard_size` rows into the lake (`manifests/<key>.parquet`) plus a registration record; the same
+manifest registered twice adds nothing, and a different manifest under an existing name is refused (shards are
+immutable once registered: give the new data a new name).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ultraedit_dagster.core.ids import make_uid
+from ultraedit_dagster.core.partitions import shard_key, validate_manifest_name
+from ultraedit_dagster.lake.store import Lake
+
+REQUIRED_COLUMNS = ("image", "caption")
+OPTIONAL_COLUMNS = ("id", "source", "license")
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("row_index", pa.int64()),
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("caption", pa.string()),
+        ("source", pa.string()),
+        ("license", pa.string()),
+    ]
+)
+DEFAULT_SHARD_SIZE = 1000
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be registered; the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    shard_keys: list[str]
+    new_shard_keys: list[str]
+    rows: int
+    content_hash: str
+
+
+def default_manifest_name(path: str) -> str:
+    stem = Path(path).name.split(".")[0].lower()
+    cleaned = "".join(c if c.isalnum() else "-" for c in stem).strip("-")
+    while "--" in cleaned:
+        cleaned = cleaned.replace("--", "-")
+    return cleaned[:58].strip("-") or "manifest"
+
+
+def read_manifest(path: str) -> list[dict]:
+    """Rows of a JSONL / CSV / Parquet manifest as dicts, validated; relative image paths made absolute."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"manifest {path!r} does not exist or is not a file")
+    suffix = "".join(p.suffixes[-1:]).lower()
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"manifest {path!r} is unreadable: {exc}") from None
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _read_jsonl(raw, path)
+    elif suffix == ".csv":
+        rows = _read_csv(raw, path)
+    elif suffix == ".parquet":
+        try:
+            rows = pq.read_table(io.BytesIO(raw)).to_pylist()
+        except Exception as exc:
+            raise ManifestError(f"manifest {path!r} is not a readable Parquet file: {exc}") from None
+    else:
+        raise ManifestError(f"manifest {path!r}: unsupported format {suffix!r} (use .jsonl, .csv or .parquet)")
+    return validate_rows(rows, path, base_dir=p.resolve().parent)
+
+
+def _read_jsonl(raw: bytes, path: str) -> list[dict]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path!r} is not valid UTF-8 (byte {exc.start})") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest {path!r} line {lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"manifest {path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _read_csv(raw: bytes, path: str) -> list[dict]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path!r} is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {path!r}: malformed CSV ({exc})") from None
+
+
+def validate_rows(rows: list[dict], path: str, base_dir: Path | None = None) -> list[dict]:
+    if not rows:
+        raise ManifestError(f"manifest {path!r} has no rows")
+    columns = set().union(*(r.keys() for r in rows))
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ManifestError(
+            f"manifest {path!r} is missing required column(s) {', '.join(missing)}; "
+            f"found {', '.join(sorted(map(str, columns))) or 'none'}"
+        )
+    out: list[dict] = []
+    seen_ids: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        where = f"manifest {path!r} row {i + 1}"
+        image = row.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise ManifestError(f"{where}: `image` must be a non-empty string, got {image!r:.80}")
+        caption = row.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise ManifestError(f"{where}: `caption` must be a string, got {type(caption).__name__}")
+        image = image.strip()
+        if "://" not in image and base_dir is not None and not os.path.isabs(image):
+            image = str((base_dir / image).resolve())
+        rid = row.get("id")
+        if rid is not None and not isinstance(rid, (str, int)):
+            raise ManifestError(f"{where}: `id` must be a string or integer, got {type(rid).__name__}")
+        # rows without ids are identified by (image, caption): COCO-style manifests repeat an image per caption
+        identity = str(rid) if rid not in (None, "") else f"{image}\x1f{caption or ''}"
+        if identity in seen_ids:
+            what = f"id {rid!r}" if rid not in (None, "") else f"image+caption {image!r}"
+            raise ManifestError(f"{where}: duplicate {what} (first seen in row {seen_ids[identity] + 1})")
+        seen_ids[identity] = i
+        out.append(
+            {
+                "id": None if rid in (None, "") else str(rid),
+                "image": image,
+                "caption": caption or "",  # empty captions become failed rows in source_images, with a reason
+                "source": _opt_str(row.get("source")),
+                "license": _opt_str(row.get("license")),
+                "identity": identity,
+            }
+        )
+    return out
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def content_hash(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["id"], r["image"], r["caption"], r["source"], r["license"]]).encode())
+    return h.hexdigest()
+
+
+def registration_relpath(name: str) -> str:
+    return f"manifests/{validate_manifest_name(name)}/_registration.json"
+
+
+def shard_manifest_relpath(key: str) -> str:
+    return f"manifests/{key}.parquet"
+
+
+def split_into_shards(name: str, rows: list[dict], shard_size: int) -> dict[str, pa.Table]:
+    if shard_size < 1:
+        raise ManifestError(f"shard size must be ≥ 1, got {shard_size}")
+    n_shards = (len(rows) + shard_size - 1) // shard_size
+    shard_key(name, n_shards - 1)  # refuses a manifest that would need more shard indexes than keys allow
+    out = {}
+    for s in range(n_shards):
+        chunk = rows[s * shard_size : (s + 1) * shard_size]
+        records = [
+            {
+                "uid": make_uid("image", name, r["identity"]),
+                "row_index": s * shard_size + j,
+                "id": r["id"],
+                "image": r["image"],
+                "caption": r["caption"],
+                "source": r["source"],
+                "license": r["license"],
+            }
+            for j, r in enumerate(chunk)
+        ]
+        out[shard_key(name, s)] = pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)
+    return out
+
+
+def register_manifest(
+    lake: Lake,
+    path: str,
+    name: str | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    existing_keys: set[str] = frozenset(),
+) -> Registration:
+    """Write shard manifests to the lake (once) and return the shard keys; `new_shard_keys` are those not in
+    `existing_keys`."""
+    name = validate_manifest_name(name or default_manifest_name(path))
+    rows = read_manifest(path)
+    digest = content_hash(rows)
+    reg_path = registration_relpath(name)
+    if lake.has_bytes(reg_path):
+        record = json.loads(lake.read_bytes(reg_path))
+        if record["content_hash"] != digest or record["shard_size"] != shard_size:
+            raise ManifestError(
+                f"a different manifest is already registered as {name!r} "
+                f"({record['rows']} rows, shard size {record['shard_size']}); registered shards are immutable: "
+                "register the new data under another --name"
+            )
+        keys = record["shard_keys"]
+    else:
+        shards = split_into_shards(name, rows, shard_size)
+        for key, table in shards.items():
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            lake.write_bytes(shard_manifest_relpath(key), buf.getvalue())
+        keys = list(shards)
+        record = {
+            "name": name,
+            "source_path": str(path),
+            "rows": len(rows),
+            "shard_size": shard_size,
+            "content_hash": digest,
+            "shard_keys": keys,
+        }
+        # the record is written last: a crash before it leaves a registration that simply runs again
+        lake.write_bytes(reg_path, json.dumps(record, indent=2).encode())
+    return Registration(name, keys, [k for k in keys if k not in existing_keys], len(rows), digest)
+
+
+def read_shard_manifest(lake: Lake, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(lake.read_bytes(shard_manifest_relpath(key))))

@@ -1,0 +1,197 @@
+"""Text stage: the seed pool, DALL-E 3-style recaptioning, and LLM / template edit-instruction expansion."""
+
+import io
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
+from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.resources import PipelineResource
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.rows import failure_reason
+from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource
+from ultraedit_dagster.text.rows import (
+    CAPTIONS_SCHEMA,
+    EDIT_INSTRUCTIONS_SCHEMA,
+    caption_rows,
+    instruction_rows,
+    summarize,
+)
+from ultraedit_dagster.text.seeds import counts_per_type, load_seeds, seeds_from_table, seeds_to_table
+
+SEED_RELPATH = "seed_triplets/data.parquet"
+CAPTION_BATCH = 32
+PREVIEW_ROWS = 12
+
+
+def read_seed_pool(lake: Lake):
+    """The validated seed pool as materialized by `seed_triplets`."""
+    if not lake.has_bytes(SEED_RELPATH):
+        raise dg.Failure(
+            f"seed_triplets has not been materialized (no {lake.root}/{SEED_RELPATH}); materialize it first"
+        )
+    return seeds_from_table(pq.read_table(io.BytesIO(lake.read_bytes(SEED_RELPATH))))
+
+
+def _md_table(rows: list[dict], cols: list[str]) -> str:
+    def cell(v) -> str:
+        return str(v if v is not None else "").replace("|", "\\|").replace("\n", " ")[:160]
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dg.asset(group_name="text", kinds={"parquet"})
+def seed_triplets(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """The human seed pool used in-context by the instruction writer: `source caption; instruction; target caption`
+    with an edit type, written for this project (ultraedit_dagster/data/seed_triplets.tsv). Validated on every
+    materialization (three non-empty parts, target ≠ source after normalising case and trailing punctuation, ≤ 60
+    words per caption, a known edit type, no duplicates); a bad file fails with every bad line number."""
+    try:
+        seeds = load_seeds()
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    buf = io.BytesIO()
+    pq.write_table(seeds_to_table(seeds), buf, compression="zstd")
+    uri = lake.lake.write_bytes(SEED_RELPATH, buf.getvalue())
+    counts = counts_per_type(seeds)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(seeds),
+            "counts_per_type": counts,
+            "min_per_type": min(counts.values()),
+            "lake_uri": dg.MetadataValue.path(uri),
+            "preview": dg.MetadataValue.md(
+                _md_table(
+                    [s.__dict__ for s in seeds[:: max(1, len(seeds) // PREVIEW_ROWS)][:PREVIEW_ROWS]],
+                    ["edit_type", "source_caption", "instruction", "target_caption"],
+                )
+            ),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+    op_tags=GPU_OP_TAGS,
+    pool="gpu",
+    deps=["source_images"],
+    group_name="text",
+    kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def captions(
+    context: dg.AssetExecutionContext, lake: LakeResource, pipeline: PipelineResource, captioner: CaptionerResource
+) -> dg.MaterializeResult:
+    """One row per image: the ground-truth caption plus DALL-E 3-style recaptions — `caption_short` (the main
+    subject only; cut to 77 CLIP tokens and flagged when longer) and `caption_desc` (subject, surroundings,
+    background, visible text, style, colour) — with the captioner id. Failed source rows stay failed rows."""
+    shard = context.partition_key
+    profile = pipeline.profile.name
+    total = failed = truncated = 0
+    reasons: dict[str, int] = {}
+    preview: list[dict] = []
+    with lake.lake.open_writer("captions", shard, CAPTIONS_SCHEMA) as writer:
+        for batch in lake.lake.iter_batches(
+            "source_images", shard, batch_size=CAPTION_BATCH, columns=["uid", "image", "caption_gt", "status", "error"]
+        ):
+            rows = caption_rows(
+                batch.to_pylist(),
+                shard=shard,
+                profile=profile,
+                captioner_id=captioner.captioner_id,
+                caption_fn=captioner.caption,
+                max_clip_tokens=captioner.max_clip_tokens,
+            )
+            for r in rows:
+                total += 1
+                truncated += int(bool(r["caption_short_truncated"]))
+                if r["status"] == "failed":
+                    failed += 1
+                    key = failure_reason(r["error"])
+                    reasons[key] = reasons.get(key, 0) + 1
+                elif len(preview) < PREVIEW_ROWS:
+                    preview.append(r)
+            writer.write_table(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
+    return dg.MaterializeResult(
+        metadata={
+            "rows": total,
+            "ok": total - failed,
+            "failed": failed,
+            "failure_reasons": reasons,
+            "short_truncated": truncated,
+            "captioner_id": captioner.captioner_id,
+            "profile": profile,
+            "lake_uri": dg.MetadataValue.path(lake.lake.shard_uri("captions", shard)),
+            "preview": dg.MetadataValue.md(_md_table(preview, ["caption_gt", "caption_short", "caption_desc"])),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=shards,
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    deps=["captions", "seed_triplets"],
+    group_name="text",
+    kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def edit_instructions(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    pipeline: PipelineResource,
+    instruction_writer: InstructionWriterResource,
+) -> dg.MaterializeResult:
+    """One row per edit triplet: instruction uid, image uid, the short caption edited, the instruction, the target
+    caption, one of the nine UltraEdit edit types, mode (free_form / region, a configured fraction chosen from the
+    uid), the LLM id and token counts (a request's tokens split over its triplets, so sums are exact). Duplicate
+    instructions per image are removed; near-duplicates across the shard are flagged (content-word Jaccard ≥ 0.8).
+    An image without any valid triplet is one failed row saying why (request failed / parse failed / moderation)."""
+    shard = context.partition_key
+    profile = pipeline.profile.name
+    caps = lake.lake.read_table("captions", shard, columns=["uid", "caption_short", "caption_desc", "status", "error"])
+    seeds = read_seed_pool(lake.lake) if instruction_writer.backend == "openai" else []
+    client = instruction_writer.client()
+    before = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
+    rows, stats = instruction_rows(
+        caps.to_pylist(),
+        shard=shard,
+        profile=profile,
+        seeds=seeds,
+        global_seed=pipeline.global_seed,
+        settings=instruction_writer.settings(),
+        client=client,
+    )
+    uri = lake.lake.write_table("edit_instructions", shard, pa.Table.from_pylist(rows, schema=EDIT_INSTRUCTIONS_SCHEMA))
+    summary = summarize(rows)
+    after = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
+    if summary["ok"] == 0:
+        context.log.warning(f"edit_instructions {shard}: no ok triplet ({stats.as_metadata()})")
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in summary.items()},
+            **{f"stats_{k}": v for k, v in stats.as_metadata().items()},
+            "requests_sent": after[0] - before[0],
+            "retries": after[1] - before[1],
+            "cache_hits": after[2] - before[2],
+            "llm_id": instruction_writer.llm_id,
+            "profile": profile,
+            "lake_uri": dg.MetadataValue.path(uri),
+            "preview": dg.MetadataValue.md(
+                _md_table(
+                    ok_rows[:PREVIEW_ROWS], ["edit_type", "mode", "source_caption", "instruction", "target_caption"]
+                )
+            ),
+        }
+    )
+
+
+assets = [seed_triplets, captions, edit_instructions]
