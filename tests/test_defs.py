@@ -61,7 +61,7 @@ ASSET_CHECKS = {
     ("edit_type_quality", "accepted_range_edit_type_quality_mean_clip_sim_image__1___1"),
     ("edit_type_quality", "accepted_range_edit_type_quality_mean_ssim__1___1"),
     ("edit_type_quality", "accepted_range_edit_type_quality_pass_rate__1__0"),
-    ("edit_type_quality", "accepted_values_edit_type_quality_mode__free_form__region"),
+    ("edit_type_quality", "accepted_values_edit_type_quality_mode__free_form__region__unassigned"),
     ("edit_type_quality", "not_null_edit_type_quality_edit_type_mode"),
     ("edit_type_quality", "not_null_edit_type_quality_mode"),
     ("edit_type_quality", "not_null_edit_type_quality_pass_rate"),

@@ -97,5 +97,36 @@ def test_a_failing_dbt_test_shows_as_failed_check(tmp_path):
     finally:
         mp.undo()
     evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evals["accepted_values_edit_type_quality_mode__free_form__region"] is False
+    assert evals["accepted_values_edit_type_quality_mode__free_form__region__unassigned"] is False
     assert evals["unique_shard_quality_shard"] is True
+
+
+def test_a_failed_row_without_a_mode_does_not_fail_the_release_job(tmp_path):
+    """An image whose triplets all failed gives metric_scores rows with no mode; edit_type_quality counts them under
+    'unassigned' and every dbt test still passes (before, its not_null test failed the release job)."""
+    import pyarrow as pa
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=2)
+    table = lake.read_table("metric_scores", "demo-00000")
+    rows = table.to_pylist()
+    failed = {**rows[0], "candidate_uid": "failed-upstream", "mode": None, "edit_type": None, "status": "failed"}
+    failed.update(error="edit_instructions: no valid triplet", pass_all=False)
+    lake.write_table("metric_scores", "demo-00000", pa.Table.from_pylist([*rows, failed], schema=table.schema))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ULTRAEDIT_LAKE", str(tmp_path / "lake"))
+    mp.setenv("ULTRAEDIT_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+
+    try:
+        with dg.DagsterInstance.ephemeral() as inst:
+            result = dg.materialize(
+                [dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()}, raise_on_error=False
+            )
+    finally:
+        mp.undo()
+    failing = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    assert result.success and failing == []
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    modes = dict(con.execute("select mode, sum(failed) from edit_type_quality group by 1").fetchall())
+    assert modes.get("unassigned") == 1

@@ -9,13 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 
 import ultraedit_dagster.release.checks as cq
+import ultraedit_dagster.scoring.checks as sq
 from tests.quality_fixtures import write_upstream
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
-from ultraedit_dagster.release.assets import filtered_release, metric_scores, release_card
-from ultraedit_dagster.release.checks import asset_checks, run_metric_expectations
+from ultraedit_dagster.release.assets import filtered_release, release_card
+from ultraedit_dagster.release.checks import asset_checks as release_checks
 from ultraedit_dagster.release.schema import RELEASE_METRICS, release_idx, release_schema
+from ultraedit_dagster.scoring.assets import metric_scores
+from ultraedit_dagster.scoring.checks import asset_checks as scoring_checks
+from ultraedit_dagster.scoring.checks import run_metric_expectations
 from ultraedit_dagster.scoring.resources import ScorerResource
 
 SHARD, EMPTY = "demo-00000", "demo-00001"
@@ -37,7 +41,7 @@ def built(tmp_path_factory):
         runs = {}
         for shard in (SHARD, EMPTY):
             runs[shard] = dg.materialize(
-                [metric_scores, filtered_release, *asset_checks],
+                [metric_scores, filtered_release, *scoring_checks, *release_checks],
                 partition_key=shard,
                 instance=inst,
                 resources=resources,
@@ -108,7 +112,7 @@ def test_all_failed_shard_materializes_empty_with_reason(built):
 def test_checks_pass_on_good_shard(built):
     evals = {e.check_name: e for e in built["runs"][SHARD].get_asset_check_evaluations()}
     assert {n for n, e in evals.items() if not e.passed} <= {"metric_scores_expectations"}  # warn-only, random models
-    assert len(evals) == len(asset_checks)
+    assert len(evals) == len(scoring_checks) + len(release_checks)
 
 
 def test_release_loads_with_datasets(built, tmp_path):
@@ -161,7 +165,7 @@ def _results(root, shard, profile="tiny"):
         "masks": cq.filtered_release_region_masks_result(lake, shard),
         "decode": cq.filtered_release_images_decode_result(lake, shard),
         "thresholds": cq.filtered_release_meets_thresholds_result(lake, shard, pipeline),
-        "ranges": cq.metric_scores_valid_ranges_result(lake, shard),
+        "ranges": sq.metric_scores_valid_ranges_result(lake, shard),
     }
 
 

@@ -7,6 +7,8 @@ the lake (`shard=<key>`), so anything else is refused before it can reach a path
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import dagster as dg
 
@@ -62,3 +64,57 @@ def manifest_name_of(key: str) -> str:
     m = _SHARD_KEY.match(validate_shard_key(key))
     assert m is not None
     return m.group(1)
+
+
+def materialize_each_shard(
+    context: dg.AssetExecutionContext, build: Callable[[str], Mapping[str, Any]]
+) -> dg.MaterializeResult:
+    """Materialize every shard of the run: one shard, or the range a multi-run backfill hands a step (models load once
+    for the range; `build(shard)` writes that shard's file and returns its metadata). Each shard gets its own
+    materialization and metadata. A shard that fails does not lose the others: the shards that succeeded are recorded
+    as materialized, then the step fails naming the failed shards, so a backfill of what failed redoes only those."""
+    keys = list(context.partition_keys)
+    if len(keys) == 1:
+        return dg.MaterializeResult(metadata=dict(build(keys[0])))
+    done: dict[str, Mapping[str, Any]] = {}
+    failed: dict[str, BaseException] = {}
+    for i, shard in enumerate(keys, 1):
+        context.log.info(f"shard {i}/{len(keys)}: {shard}")
+        try:
+            done[shard] = build(shard)
+        except Exception as exc:  # noqa: BLE001 - isolated per shard, reported below
+            context.log.error(f"shard {shard} failed: {type(exc).__name__}: {exc}")
+            failed[shard] = exc
+    if not failed:
+        for shard, metadata in done.items():
+            context.add_asset_metadata(dict(metadata), partition_key=shard)
+        return dg.MaterializeResult()
+    for shard, metadata in done.items():
+        context.log_event(dg.AssetMaterialization(context.asset_key, partition=shard, metadata=dict(metadata)))
+    first = next(iter(failed.values()))
+    raise dg.Failure(
+        description=f"{len(failed)} of {len(keys)} shards failed: "
+        + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
+        metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
+    ) from first
+
+
+def check_each_shard(
+    context: dg.AssetCheckExecutionContext, check: Callable[[str], dg.AssetCheckResult]
+) -> dg.AssetCheckResult:
+    """Run a per-shard check over every shard of the run (one shard, or a backfill's range). For a range the result
+    passes only if every shard passes; its metadata names the failing shards and carries the first failure's own."""
+    keys = list(context.partition_keys)
+    if len(keys) == 1:
+        return check(keys[0])
+    results = {shard: check(shard) for shard in keys}
+    failing = [s for s, r in results.items() if not r.passed]
+    severity = (
+        dg.AssetCheckSeverity.ERROR
+        if any(results[s].severity == dg.AssetCheckSeverity.ERROR for s in failing)
+        else dg.AssetCheckSeverity.WARN
+    )
+    metadata: dict[str, Any] = {"shards": len(keys), "failing_shards": ", ".join(failing) or "none"}
+    if failing:
+        metadata.update({f"{failing[0]}: {k}": v for k, v in (results[failing[0]].metadata or {}).items()})
+    return dg.AssetCheckResult(passed=not failing, severity=severity, metadata=metadata)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
 from ultraedit_dagster.editing.resources import EditorResource
@@ -40,32 +40,32 @@ def edit_candidates(
     soft mask keeps the real image outside). Per candidate, seed / steps / guidance / p are drawn from the candidate
     uid and the global seed. Failures (NaN or blank output, out of memory after a half-size retry, a missing mask,
     failed upstream rows) are rows with the reason."""
-    shard = context.partition_key
-    lk = lake.lake
-    rows_out: list[dict] = []  # small per-row summaries for metadata
-    preview: list[Image.Image] = []
-    stats = GenerationStats()
-    with lk.open_writer(ASSET, shard, EDIT_CANDIDATES_SCHEMA) as writer:
-        for rows, images in candidate_batches(
-            lk, shard, profile=pipeline.profile, global_seed=pipeline.global_seed, editor=editor, stats=stats
-        ):
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=EDIT_CANDIDATES_SCHEMA))
-                rows_out.extend({"status": r["status"], "error": r["error"], "mode": r["mode"]} for r in rows)
-            preview.extend(images)
 
-    ok = sum(1 for r in rows_out if r["status"] == "ok")
-    reasons = Counter((r["error"] or "")[:100] for r in rows_out if r["status"] != "ok")
-    by_mode = Counter(f"{r['mode']}:{r['status']}" for r in rows_out)
-    if rows_out and ok == 0:
-        context.log.warning(f"shard {shard}: no candidate generated; top reasons: {reasons.most_common(3)}")
-    grid = (
-        markdown_image(thumbnail_grid(preview, columns=2, thumb=192), alt="source | target")
-        if preview
-        else "(no ok candidates)"
-    )
-    return dg.MaterializeResult(
-        metadata={
+    def one_shard(shard: str) -> dict:
+        lk = lake.lake
+        rows_out: list[dict] = []  # small per-row summaries for metadata
+        preview: list[Image.Image] = []
+        stats = GenerationStats()
+        with lk.open_writer(ASSET, shard, EDIT_CANDIDATES_SCHEMA) as writer:
+            for rows, images in candidate_batches(
+                lk, shard, profile=pipeline.profile, global_seed=pipeline.global_seed, editor=editor, stats=stats
+            ):
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=EDIT_CANDIDATES_SCHEMA))
+                    rows_out.extend({"status": r["status"], "error": r["error"], "mode": r["mode"]} for r in rows)
+                preview.extend(images)
+
+        ok = sum(1 for r in rows_out if r["status"] == "ok")
+        reasons = Counter((r["error"] or "")[:100] for r in rows_out if r["status"] != "ok")
+        by_mode = Counter(f"{r['mode']}:{r['status']}" for r in rows_out)
+        if rows_out and ok == 0:
+            context.log.warning(f"shard {shard}: no candidate generated; top reasons: {reasons.most_common(3)}")
+        grid = (
+            markdown_image(thumbnail_grid(preview, columns=2, thumb=192), alt="source | target")
+            if preview
+            else "(no ok candidates)"
+        )
+        return {
             "rows": len(rows_out),
             "ok": ok,
             "failed": len(rows_out) - ok,
@@ -78,7 +78,8 @@ def edit_candidates(
             "lake_uri": lk.shard_uri(ASSET, shard),
             "preview": dg.MetadataValue.md("source | target\n\n" + grid),
         }
-    )
+
+    return materialize_each_shard(context, one_shard)
 
 
 assets = [edit_candidates]

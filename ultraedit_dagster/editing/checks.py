@@ -5,6 +5,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ultraedit_dagster.core.partitions import check_each_shard
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.editing.assets import edit_candidates
 from ultraedit_dagster.editing.rows import ASSET, EDIT_CANDIDATES_SCHEMA
@@ -55,7 +56,7 @@ def _connection(lake: LakeResource, shard: str) -> duckdb.DuckDBPyConnection:
     "steps x strength >= 1, p in [0, 1], unique candidate uids.",
 )
 def edit_candidates_integrity(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return integrity_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: integrity_result(lake, shard))
 
 
 def integrity_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
@@ -77,24 +78,27 @@ def integrity_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
 def edit_candidates_failure_rate(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
-    con = _connection(lake, context.partition_key)
-    rows, failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM t").fetchone()
-    reasons = con.execute(
-        "SELECT substr(error, 1, 80) AS reason, count(*) AS n FROM t WHERE status = 'failed' "
-        "GROUP BY reason ORDER BY n DESC LIMIT 5"
-    ).fetchall()
-    fraction = failed / rows if rows else 0.0
-    return dg.AssetCheckResult(
-        passed=fraction <= pipeline.max_failed_fraction,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "rows": rows,
-            "failed": failed,
-            "failed_fraction": round(fraction, 4),
-            "max_failed_fraction": pipeline.max_failed_fraction,
-            "top_reasons": dg.MetadataValue.json({r: n for r, n in reasons}),
-        },
-    )
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        con = _connection(lake, shard)
+        rows, failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM t").fetchone()
+        reasons = con.execute(
+            "SELECT substr(error, 1, 80) AS reason, count(*) AS n FROM t WHERE status = 'failed' "
+            "GROUP BY reason ORDER BY n DESC LIMIT 5"
+        ).fetchall()
+        fraction = failed / rows if rows else 0.0
+        return dg.AssetCheckResult(
+            passed=fraction <= pipeline.max_failed_fraction,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rows": rows,
+                "failed": failed,
+                "failed_fraction": round(fraction, 4),
+                "max_failed_fraction": pipeline.max_failed_fraction,
+                "top_reasons": dg.MetadataValue.json({r: n for r, n in reasons}),
+            },
+        )
+
+    return check_each_shard(context, one_shard)
 
 
 asset_checks = [edit_candidates_integrity, edit_candidates_failure_rate]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
 from ultraedit_dagster.lake.resources import LakeResource
@@ -46,42 +46,42 @@ def region_masks(
     inner, outer and soft masks (PNG), and the mask QC result (1% < area < 90%, <= 500 external contours). No
     detection, a mask failing QC, a model error or a failed upstream row each give a `failed` row with the reason.
     Free-form instructions are not in this table."""
-    shard = context.partition_key
-    lk = lake.lake
-    all_rows: list[dict] = []
-    tiles: list[Image.Image] = []
-    with lk.open_writer(ASSET, shard, REGION_MASKS_SCHEMA) as writer:
-        for rows, new_tiles in region_mask_batches(
-            lk,
-            shard,
-            profile=pipeline.profile,
-            global_seed=pipeline.global_seed,
-            tagger=tagger,
-            selector=object_selector,
-            grounder=grounder,
-            segmenter=segmenter,
-        ):
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=REGION_MASKS_SCHEMA))
-            all_rows.extend(
-                {k: r[k] for k in ("status", "error", "edit_object", "qc", "instruction_uid")} for r in rows
-            )
-            tiles.extend(new_tiles[: max(0, PREVIEW_TILES - len(tiles))])
 
-    counts = Counter(outcome(r) for r in all_rows)
-    ok = sum(1 for r in all_rows if r["status"] == "ok")
-    reasons = Counter((r["error"] or "")[:80] for r in all_rows if r["status"] != "ok")
-    if not all_rows:
-        context.log.info(f"shard {shard}: no region-mode instructions")
-    elif ok == 0:
-        context.log.warning(f"shard {shard}: no region row passed; top reasons: {reasons.most_common(3)}")
-    preview = (
-        markdown_image(thumbnail_grid(tiles, columns=4, thumb=160), alt="mask overlays")
-        if tiles
-        else "(no ok region rows with masks)"
-    )
-    return dg.MaterializeResult(
-        metadata={
+    def one_shard(shard: str) -> dict:
+        lk = lake.lake
+        all_rows: list[dict] = []
+        tiles: list[Image.Image] = []
+        with lk.open_writer(ASSET, shard, REGION_MASKS_SCHEMA) as writer:
+            for rows, new_tiles in region_mask_batches(
+                lk,
+                shard,
+                profile=pipeline.profile,
+                global_seed=pipeline.global_seed,
+                tagger=tagger,
+                selector=object_selector,
+                grounder=grounder,
+                segmenter=segmenter,
+            ):
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=REGION_MASKS_SCHEMA))
+                all_rows.extend(
+                    {k: r[k] for k in ("status", "error", "edit_object", "qc", "instruction_uid")} for r in rows
+                )
+                tiles.extend(new_tiles[: max(0, PREVIEW_TILES - len(tiles))])
+
+        counts = Counter(outcome(r) for r in all_rows)
+        ok = sum(1 for r in all_rows if r["status"] == "ok")
+        reasons = Counter((r["error"] or "")[:80] for r in all_rows if r["status"] != "ok")
+        if not all_rows:
+            context.log.info(f"shard {shard}: no region-mode instructions")
+        elif ok == 0:
+            context.log.warning(f"shard {shard}: no region row passed; top reasons: {reasons.most_common(3)}")
+        preview = (
+            markdown_image(thumbnail_grid(tiles, columns=4, thumb=160), alt="mask overlays")
+            if tiles
+            else "(no ok region rows with masks)"
+        )
+        return {
             "rows": len(all_rows),
             "ok": ok,
             "failed": len(all_rows) - ok,
@@ -90,7 +90,8 @@ def region_masks(
             "lake_uri": lk.shard_uri(ASSET, shard),
             "preview": dg.MetadataValue.md(preview),
         }
-    )
+
+    return materialize_each_shard(context, one_shard)
 
 
 assets = [region_masks]

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
+from ultraedit_dagster.core.partitions import check_each_shard
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
@@ -67,29 +68,31 @@ def mask_problems(row: dict, size: tuple[int, int] | None) -> list[str]:
     "the soft mask 0, 255 and its band value).",
 )
 def region_masks_valid_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
-    cols = ["instruction_uid", "image_uid", "soft_value", *MASK_COLUMNS]
-    uids: set[str] = set()
-    for batch in lake.lake.iter_batches(ASSET, shard, columns=["image_uid", "fine_mask"]):
-        uids |= {r["image_uid"] for r in batch.to_pylist() if r["fine_mask"] is not None}
-    sizes = _image_sizes(lake, shard, uids)
-    checked = 0
-    bad: list[str] = []
-    for batch in lake.lake.iter_batches(ASSET, shard, batch_size=64, columns=cols):
-        for row in batch.to_pylist():
-            if row["fine_mask"] is None:
-                continue
-            checked += 1
-            problems = mask_problems(row, sizes.get(row["image_uid"]))
-            if row["image_uid"] not in sizes:
-                problems.append("source image not found to compare sizes")
-            if problems:
-                bad.append(f"{row['instruction_uid']}: {'; '.join(problems)}")
-    return dg.AssetCheckResult(
-        passed=not bad,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"rows_with_masks": checked, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
-    )
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        cols = ["instruction_uid", "image_uid", "soft_value", *MASK_COLUMNS]
+        uids: set[str] = set()
+        for batch in lake.lake.iter_batches(ASSET, shard, columns=["image_uid", "fine_mask"]):
+            uids |= {r["image_uid"] for r in batch.to_pylist() if r["fine_mask"] is not None}
+        sizes = _image_sizes(lake, shard, uids)
+        checked = 0
+        bad: list[str] = []
+        for batch in lake.lake.iter_batches(ASSET, shard, batch_size=64, columns=cols):
+            for row in batch.to_pylist():
+                if row["fine_mask"] is None:
+                    continue
+                checked += 1
+                problems = mask_problems(row, sizes.get(row["image_uid"]))
+                if row["image_uid"] not in sizes:
+                    problems.append("source image not found to compare sizes")
+                if problems:
+                    bad.append(f"{row['instruction_uid']}: {'; '.join(problems)}")
+        return dg.AssetCheckResult(
+            passed=not bad,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows_with_masks": checked, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
+        )
+
+    return check_each_shard(context, one_shard)
 
 
 @dg.asset_check(
@@ -98,26 +101,29 @@ def region_masks_valid_masks(context: dg.AssetCheckExecutionContext, lake: LakeR
     description="Every ok row has all its masks, a non-empty fine mask and a soft mask.",
 )
 def region_masks_ok_rows_have_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    bad: list[str] = []
-    ok_rows = 0
-    for batch in lake.lake.iter_batches(
-        ASSET, context.partition_key, batch_size=64, columns=["instruction_uid", "status", *MASK_COLUMNS]
-    ):
-        for row in batch.to_pylist():
-            if row["status"] != "ok":
-                continue
-            ok_rows += 1
-            missing = [c for c in MASK_COLUMNS if not row[c]]
-            if missing:
-                bad.append(f"{row['instruction_uid']}: missing {', '.join(missing)}")
-                continue
-            if not np.asarray(Image.open(io.BytesIO(row["fine_mask"]))).any():
-                bad.append(f"{row['instruction_uid']}: empty fine mask")
-    return dg.AssetCheckResult(
-        passed=not bad,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"ok_rows": ok_rows, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
-    )
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        bad: list[str] = []
+        ok_rows = 0
+        for batch in lake.lake.iter_batches(
+            ASSET, shard, batch_size=64, columns=["instruction_uid", "status", *MASK_COLUMNS]
+        ):
+            for row in batch.to_pylist():
+                if row["status"] != "ok":
+                    continue
+                ok_rows += 1
+                missing = [c for c in MASK_COLUMNS if not row[c]]
+                if missing:
+                    bad.append(f"{row['instruction_uid']}: missing {', '.join(missing)}")
+                    continue
+                if not np.asarray(Image.open(io.BytesIO(row["fine_mask"]))).any():
+                    bad.append(f"{row['instruction_uid']}: empty fine mask")
+        return dg.AssetCheckResult(
+            passed=not bad,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"ok_rows": ok_rows, "bad_rows": len(bad), "examples": "\n".join(bad[:5])},
+        )
+
+    return check_each_shard(context, one_shard)
 
 
 @dg.asset_check(
@@ -128,32 +134,35 @@ def region_masks_ok_rows_have_masks(context: dg.AssetCheckExecutionContext, lake
 def region_masks_qc_failure_rate(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
-    con = shard_connection(lake, ASSET, context.partition_key)
-    prefix = f"{MASK_QC}:%"
-    masked, qc_failed, no_detection = con.execute(
-        "SELECT count(*) FILTER (WHERE qc IS NOT NULL OR error LIKE ?), count(*) FILTER (WHERE error LIKE ?), "
-        "count(*) FILTER (WHERE error LIKE 'no detection:%') FROM t",
-        [prefix, prefix],
-    ).fetchone()
-    reasons = dict(
-        con.execute(
-            "SELECT qc, count(*) FROM t WHERE error LIKE ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5", [prefix]
-        ).fetchall()
-    )
-    rate = qc_failed / masked if masked else 0.0
-    limit = pipeline.profile.region_masking.max_qc_failure_rate
-    return dg.AssetCheckResult(
-        passed=rate <= limit,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "masked_rows": masked,
-            "qc_failed": qc_failed,
-            "qc_failure_rate": rate,
-            "max_qc_failure_rate": limit,
-            "no_detection": no_detection,
-            "top_qc_reasons": str(reasons),
-        },
-    )
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        con = shard_connection(lake, ASSET, shard)
+        prefix = f"{MASK_QC}:%"
+        masked, qc_failed, no_detection = con.execute(
+            "SELECT count(*) FILTER (WHERE qc IS NOT NULL OR error LIKE ?), count(*) FILTER (WHERE error LIKE ?), "
+            "count(*) FILTER (WHERE error LIKE 'no detection:%') FROM t",
+            [prefix, prefix],
+        ).fetchone()
+        reasons = dict(
+            con.execute(
+                "SELECT qc, count(*) FROM t WHERE error LIKE ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5", [prefix]
+            ).fetchall()
+        )
+        rate = qc_failed / masked if masked else 0.0
+        limit = pipeline.profile.region_masking.max_qc_failure_rate
+        return dg.AssetCheckResult(
+            passed=rate <= limit,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "masked_rows": masked,
+                "qc_failed": qc_failed,
+                "qc_failure_rate": rate,
+                "max_qc_failure_rate": limit,
+                "no_detection": no_detection,
+                "top_qc_reasons": str(reasons),
+            },
+        )
+
+    return check_each_shard(context, one_shard)
 
 
 asset_checks = [region_masks_valid_masks, region_masks_ok_rows_have_masks, region_masks_qc_failure_rate]

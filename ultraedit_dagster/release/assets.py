@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
 from ultraedit_dagster.lake.resources import LakeResource
@@ -51,79 +51,87 @@ def filtered_release(
     per triplet, passing candidates sorted by clip_sim_dir, top 4 (free-form) or top 3 with at least 3 passing
     (region) as set by the profile. A shard where nothing passes still materializes, with zero rows and the
     reasons in the metadata."""
-    shard = context.partition_key
-    the_lake = lake.lake
-    profile = pipeline.profile
-    scores = [r for b in the_lake.iter_batches("metric_scores", shard, batch_size=4096) for r in b.to_pylist()]
-    result = select(scores, profile.selection)
-    chosen = {r["candidate_uid"]: r for r in result.selected}
 
-    captions = _lookup(
-        the_lake, "captions", shard, "uid", ["caption_gt", "caption_short", "caption_desc", "captioner_id"]
-    )
-    sources = _lookup(the_lake, "source_images", shard, "uid", ["uri", "caption_gt", "source", "license"])
-    instructions = _lookup(the_lake, "edit_instructions", shard, "instruction_uid", ["llm_id", "caption_desc"])
-    regions = _lookup(
-        the_lake, "region_masks", shard, "instruction_uid", ["edit_object", "tagger_id", "grounder_id", "segmenter_id"]
-    )
+    def one_shard(shard: str) -> dict:
+        the_lake = lake.lake
+        profile = pipeline.profile
+        scores = [r for b in the_lake.iter_batches("metric_scores", shard, batch_size=4096) for r in b.to_pylist()]
+        result = select(scores, profile.selection)
+        chosen = {r["candidate_uid"]: r for r in result.selected}
 
-    schema = release_schema()
-    written = 0
-    by_split: Counter = Counter()
-    preview = []
-    with the_lake.open_writer("filtered_release", shard, schema) as writer:
-        if chosen:
-            for batch in the_lake.iter_batches("edit_candidates", shard, batch_size=32):
-                out = []
-                for cand in batch.to_pylist():
-                    score = chosen.get(cand["candidate_uid"])
-                    if score is None:
-                        continue
-                    out.append(
-                        release_row(
-                            cand,
-                            score,
-                            rank=score["rank"],
-                            caption=captions.get(cand.get("image_uid")),
-                            source=sources.get(cand.get("image_uid")),
-                            instruction=instructions.get(cand["instruction_uid"]),
-                            region=regions.get(cand["instruction_uid"]),
+        captions = _lookup(
+            the_lake, "captions", shard, "uid", ["caption_gt", "caption_short", "caption_desc", "captioner_id"]
+        )
+        sources = _lookup(the_lake, "source_images", shard, "uid", ["uri", "caption_gt", "source", "license"])
+        instructions = _lookup(the_lake, "edit_instructions", shard, "instruction_uid", ["llm_id", "caption_desc"])
+        regions = _lookup(
+            the_lake,
+            "region_masks",
+            shard,
+            "instruction_uid",
+            ["edit_object", "tagger_id", "grounder_id", "segmenter_id"],
+        )
+
+        schema = release_schema()
+        written = 0
+        by_split: Counter = Counter()
+        preview = []
+        with the_lake.open_writer("filtered_release", shard, schema) as writer:
+            if chosen:
+                for batch in the_lake.iter_batches("edit_candidates", shard, batch_size=32):
+                    out = []
+                    for cand in batch.to_pylist():
+                        score = chosen.get(cand["candidate_uid"])
+                        if score is None:
+                            continue
+                        out.append(
+                            release_row(
+                                cand,
+                                score,
+                                rank=score["rank"],
+                                caption=captions.get(cand.get("image_uid")),
+                                source=sources.get(cand.get("image_uid")),
+                                instruction=instructions.get(cand["instruction_uid"]),
+                                region=regions.get(cand["instruction_uid"]),
+                            )
                         )
-                    )
-                    by_split[cand["mode"]] += 1
-                    if len(preview) < PREVIEW_IMAGES:
-                        preview.append(decode_png(cand["target_image"]))
-                if out:
-                    writer.write_table(pa.Table.from_pylist(out, schema=schema))
-                    written += len(out)
-        else:
-            writer.write_table(empty_release_table())
-    failed = sum(1 for r in scores if r["status"] != "ok")
-    metadata: dict[str, Any] = {
-        "rows": written,
-        "free_form": by_split.get("free_form", 0),
-        "region": by_split.get("region", 0),
-        "candidates": len(scores),
-        "candidates_failed": failed,
-        "triplets": result.triplets,
-        "triplets_kept": result.triplets_kept,
-        "triplets_dropped_reasons": str(result.reasons),
-        "profile": profile.name,
-        "lake_uri": the_lake.shard_uri("filtered_release", shard),
-    }
-    if written != len(chosen):
-        raise RuntimeError(
-            f"filtered_release: {len(chosen)} candidates selected but {written} found in edit_candidates"
-        )
-    if written == 0:
-        metadata["why_empty"] = (
-            "no candidates in metric_scores"
-            if not scores
-            else f"no triplet kept a sample: {dict(result.reasons)} ({failed}/{len(scores)} candidates failed upstream)"
-        )
-    if preview:
-        metadata["preview"] = dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), "kept edits"))
-    return dg.MaterializeResult(metadata=metadata)
+                        by_split[cand["mode"]] += 1
+                        if len(preview) < PREVIEW_IMAGES:
+                            preview.append(decode_png(cand["target_image"]))
+                    if out:
+                        writer.write_table(pa.Table.from_pylist(out, schema=schema))
+                        written += len(out)
+            else:
+                writer.write_table(empty_release_table())
+        failed = sum(1 for r in scores if r["status"] != "ok")
+        metadata: dict[str, Any] = {
+            "rows": written,
+            "free_form": by_split.get("free_form", 0),
+            "region": by_split.get("region", 0),
+            "candidates": len(scores),
+            "candidates_failed": failed,
+            "triplets": result.triplets,
+            "triplets_kept": result.triplets_kept,
+            "triplets_dropped_reasons": str(result.reasons),
+            "profile": profile.name,
+            "lake_uri": the_lake.shard_uri("filtered_release", shard),
+        }
+        if written != len(chosen):
+            raise RuntimeError(
+                f"filtered_release: {len(chosen)} candidates selected but {written} found in edit_candidates"
+            )
+        if written == 0:
+            metadata["why_empty"] = (
+                "no candidates in metric_scores"
+                if not scores
+                else f"no triplet kept a sample: {dict(result.reasons)} "
+                f"({failed}/{len(scores)} candidates failed upstream)"
+            )
+        if preview:
+            metadata["preview"] = dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), "kept edits"))
+        return metadata
+
+    return materialize_each_shard(context, one_shard)
 
 
 class ReleaseCardConfig(dg.Config):

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
+from ultraedit_dagster.core.partitions import check_each_shard
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
@@ -58,7 +59,7 @@ def filtered_release_meets_thresholds_result(
 def filtered_release_meets_thresholds(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
-    return filtered_release_meets_thresholds_result(lake, context.partition_key, pipeline)
+    return check_each_shard(context, lambda shard: filtered_release_meets_thresholds_result(lake, shard, pipeline))
 
 
 def filtered_release_unique_ids_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
@@ -76,7 +77,7 @@ def filtered_release_unique_ids_result(lake: LakeResource, shard: str) -> dg.Ass
 
 @dg.asset_check(asset=filtered_release, blocking=True, description="uid and idx are unique and not null in the shard.")
 def filtered_release_unique_ids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return filtered_release_unique_ids_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: filtered_release_unique_ids_result(lake, shard))
 
 
 def filtered_release_region_masks_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
@@ -104,7 +105,7 @@ def filtered_release_region_masks_result(lake: LakeResource, shard: str) -> dg.A
     description="Region rows have a mask and an edit_object; free-form rows have neither.",
 )
 def filtered_release_region_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return filtered_release_region_masks_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: filtered_release_region_masks_result(lake, shard))
 
 
 def undecodable_images(batches: Any) -> tuple[int, list[str]]:
@@ -139,7 +140,7 @@ def filtered_release_images_decode_result(lake: LakeResource, shard: str) -> dg.
 
 @dg.asset_check(asset=filtered_release, blocking=True, description="Every image cell decodes (PIL, fully loaded).")
 def filtered_release_images_decode(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return filtered_release_images_decode_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: filtered_release_images_decode_result(lake, shard))
 
 
 asset_checks = [

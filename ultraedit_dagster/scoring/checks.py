@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from ultraedit_dagster.core.partitions import check_each_shard
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
@@ -45,7 +46,7 @@ def metric_scores_valid_ranges_result(lake: LakeResource, shard: str) -> dg.Asse
     description="ok rows have every metric, finite and within its valid range (cosines/SSIM in [-1, 1], L1 in [0, 1]).",
 )
 def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return metric_scores_valid_ranges_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: metric_scores_valid_ranges_result(lake, shard))
 
 
 def metric_scores_pass_rate_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
@@ -74,7 +75,7 @@ def metric_scores_pass_rate_result(lake: LakeResource, shard: str, pipeline: Pip
 def metric_scores_pass_rate(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
-    return metric_scores_pass_rate_result(lake, context.partition_key, pipeline)
+    return check_each_shard(context, lambda shard: metric_scores_pass_rate_result(lake, shard, pipeline))
 
 
 def metric_expectations() -> list[Any]:
@@ -160,7 +161,7 @@ def metric_scores_expectations_result(lake: LakeResource, shard: str) -> dg.Asse
     "with `mostly`); failing expectations are listed in the metadata.",
 )
 def metric_scores_expectations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return metric_scores_expectations_result(lake, context.partition_key)
+    return check_each_shard(context, lambda shard: metric_scores_expectations_result(lake, shard))
 
 
 asset_checks = [metric_scores_valid_ranges, metric_scores_pass_rate, metric_scores_expectations]

@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
 from ultraedit_dagster.core.rows import failure_reason
@@ -30,39 +30,39 @@ def source_images(
     short side resized to 512 and centre-cropped, stored as PNG with uid, original URI, caption_gt, source and licence.
     A row that cannot be used (missing file, zero bytes, truncated or non-image data, decompression bomb, too small,
     empty caption) is kept as a `failed` row with the reason in `error`."""
-    shard = context.partition_key
-    manifest = read_shard_manifest(lake.lake, shard).to_pylist()
-    profile = pipeline.profile.name
-    rows_total = failed = 0
-    preview = []
-    reasons: dict[str, int] = {}
-    with lake.lake.open_writer("source_images", shard, SOURCE_IMAGES_SCHEMA) as writer:
-        for start in range(0, len(manifest), WRITE_BATCH):
-            batch = [
-                process_row(
-                    row,
-                    shard=shard,
-                    profile=profile,
-                    size=pipeline.image_size,
-                    min_side=pipeline.min_image_side,
-                    max_pixels=pipeline.max_image_pixels,
-                    allowed_prefixes=pipeline.allowed_uri_prefixes,
-                    s3_client_factory=lake.s3_client,
-                )
-                for row in manifest[start : start + WRITE_BATCH]
-            ]
-            for row in batch:
-                rows_total += 1
-                if row["status"] == "failed":
-                    failed += 1
-                    reason = failure_reason(row["error"])
-                    reasons[reason] = reasons.get(reason, 0) + 1
-                    context.log.warning(f"source_images {row['uid']} ({row['uri']}) failed: {row['error']}")
-                elif len(preview) < PREVIEW_IMAGES:
-                    preview.append(decode_png(row["image"]))
-            writer.write_table(pa.Table.from_pylist(batch, schema=SOURCE_IMAGES_SCHEMA))
-    return dg.MaterializeResult(
-        metadata={
+
+    def one_shard(shard: str) -> dict:
+        manifest = read_shard_manifest(lake.lake, shard).to_pylist()
+        profile = pipeline.profile.name
+        rows_total = failed = 0
+        preview = []
+        reasons: dict[str, int] = {}
+        with lake.lake.open_writer("source_images", shard, SOURCE_IMAGES_SCHEMA) as writer:
+            for start in range(0, len(manifest), WRITE_BATCH):
+                batch = [
+                    process_row(
+                        row,
+                        shard=shard,
+                        profile=profile,
+                        size=pipeline.image_size,
+                        min_side=pipeline.min_image_side,
+                        max_pixels=pipeline.max_image_pixels,
+                        allowed_prefixes=pipeline.allowed_uri_prefixes,
+                        s3_client_factory=lake.s3_client,
+                    )
+                    for row in manifest[start : start + WRITE_BATCH]
+                ]
+                for row in batch:
+                    rows_total += 1
+                    if row["status"] == "failed":
+                        failed += 1
+                        reason = failure_reason(row["error"])
+                        reasons[reason] = reasons.get(reason, 0) + 1
+                        context.log.warning(f"source_images {row['uid']} ({row['uri']}) failed: {row['error']}")
+                    elif len(preview) < PREVIEW_IMAGES:
+                        preview.append(decode_png(row["image"]))
+                writer.write_table(pa.Table.from_pylist(batch, schema=SOURCE_IMAGES_SCHEMA))
+        return {
             "rows": rows_total,
             "ok": rows_total - failed,
             "failed": failed,
@@ -71,7 +71,8 @@ def source_images(
             "profile": profile,
             "preview": dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), f"{shard} source images")),
         }
-    )
+
+    return materialize_each_shard(context, one_shard)
 
 
 assets = [source_images]

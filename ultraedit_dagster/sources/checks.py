@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ultraedit_dagster.core.partitions import check_each_shard
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
@@ -21,7 +22,7 @@ def unique_uids_result(con) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=source_images, blocking=True, description="Every uid in the shard is unique.")
 def source_images_unique_uids(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return unique_uids_result(shard_connection(lake, "source_images", context.partition_key))
+    return check_each_shard(context, lambda shard: unique_uids_result(shard_connection(lake, "source_images", shard)))
 
 
 @dg.asset_check(
@@ -30,25 +31,28 @@ def source_images_unique_uids(context: dg.AssetCheckExecutionContext, lake: Lake
 def source_images_failed_fraction(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
-    con = shard_connection(lake, "source_images", context.partition_key)
-    rows, failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM t").fetchone()
-    fraction = failed / rows if rows else 0.0
-    reasons = dict(
-        con.execute(
-            "SELECT error, count(*) FROM t WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
-        ).fetchall()
-    )
-    return dg.AssetCheckResult(
-        passed=fraction <= pipeline.max_failed_fraction,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "rows": rows,
-            "failed": failed,
-            "failed_fraction": fraction,
-            "max_failed_fraction": pipeline.max_failed_fraction,
-            "top_errors": str(reasons),
-        },
-    )
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        con = shard_connection(lake, "source_images", shard)
+        rows, failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM t").fetchone()
+        fraction = failed / rows if rows else 0.0
+        reasons = dict(
+            con.execute(
+                "SELECT error, count(*) FROM t WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
+            ).fetchall()
+        )
+        return dg.AssetCheckResult(
+            passed=fraction <= pipeline.max_failed_fraction,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rows": rows,
+                "failed": failed,
+                "failed_fraction": fraction,
+                "max_failed_fraction": pipeline.max_failed_fraction,
+                "top_errors": str(reasons),
+            },
+        )
+
+    return check_each_shard(context, one_shard)
 
 
 asset_checks = [source_images_unique_uids, source_images_failed_fraction]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
-from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
 from ultraedit_dagster.core.rows import failure_reason
@@ -93,35 +93,38 @@ def captions(
     """One row per image: the ground-truth caption plus DALL-E 3-style recaptions — `caption_short` (the main
     subject only; cut to 77 CLIP tokens and flagged when longer) and `caption_desc` (subject, surroundings,
     background, visible text, style, colour) — with the captioner id. Failed source rows stay failed rows."""
-    shard = context.partition_key
-    profile = pipeline.profile.name
-    total = failed = truncated = 0
-    reasons: dict[str, int] = {}
-    preview: list[dict] = []
-    with lake.lake.open_writer("captions", shard, CAPTIONS_SCHEMA) as writer:
-        for batch in lake.lake.iter_batches(
-            "source_images", shard, batch_size=CAPTION_BATCH, columns=["uid", "image", "caption_gt", "status", "error"]
-        ):
-            rows = caption_rows(
-                batch.to_pylist(),
-                shard=shard,
-                profile=profile,
-                captioner_id=captioner.captioner_id,
-                caption_fn=captioner.caption,
-                max_clip_tokens=captioner.max_clip_tokens,
-            )
-            for r in rows:
-                total += 1
-                truncated += int(bool(r["caption_short_truncated"]))
-                if r["status"] == "failed":
-                    failed += 1
-                    key = failure_reason(r["error"])
-                    reasons[key] = reasons.get(key, 0) + 1
-                elif len(preview) < PREVIEW_ROWS:
-                    preview.append(r)
-            writer.write_table(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
-    return dg.MaterializeResult(
-        metadata={
+
+    def one_shard(shard: str) -> dict:
+        profile = pipeline.profile.name
+        total = failed = truncated = 0
+        reasons: dict[str, int] = {}
+        preview: list[dict] = []
+        with lake.lake.open_writer("captions", shard, CAPTIONS_SCHEMA) as writer:
+            for batch in lake.lake.iter_batches(
+                "source_images",
+                shard,
+                batch_size=CAPTION_BATCH,
+                columns=["uid", "image", "caption_gt", "status", "error"],
+            ):
+                rows = caption_rows(
+                    batch.to_pylist(),
+                    shard=shard,
+                    profile=profile,
+                    captioner_id=captioner.captioner_id,
+                    caption_fn=captioner.caption,
+                    max_clip_tokens=captioner.max_clip_tokens,
+                )
+                for r in rows:
+                    total += 1
+                    truncated += int(bool(r["caption_short_truncated"]))
+                    if r["status"] == "failed":
+                        failed += 1
+                        key = failure_reason(r["error"])
+                        reasons[key] = reasons.get(key, 0) + 1
+                    elif len(preview) < PREVIEW_ROWS:
+                        preview.append(r)
+                writer.write_table(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
+        return {
             "rows": total,
             "ok": total - failed,
             "failed": failed,
@@ -132,7 +135,8 @@ def captions(
             "lake_uri": dg.MetadataValue.path(lake.lake.shard_uri("captions", shard)),
             "preview": dg.MetadataValue.md(_md_table(preview, ["caption_gt", "caption_short", "caption_desc"])),
         }
-    )
+
+    return materialize_each_shard(context, one_shard)
 
 
 @dg.asset(
@@ -154,29 +158,33 @@ def edit_instructions(
     uid), the LLM id and token counts (a request's tokens split over its triplets, so sums are exact). Duplicate
     instructions per image are removed; near-duplicates across the shard are flagged (content-word Jaccard ≥ 0.8).
     An image without any valid triplet is one failed row saying why (request failed / parse failed / moderation)."""
-    shard = context.partition_key
-    profile = pipeline.profile.name
-    caps = lake.lake.read_table("captions", shard, columns=["uid", "caption_short", "caption_desc", "status", "error"])
-    seeds = read_seed_pool(lake.lake) if instruction_writer.backend == "openai" else []
-    client = instruction_writer.client()
-    before = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
-    rows, stats = instruction_rows(
-        caps.to_pylist(),
-        shard=shard,
-        profile=profile,
-        seeds=seeds,
-        global_seed=pipeline.global_seed,
-        settings=instruction_writer.settings(),
-        client=client,
-    )
-    uri = lake.lake.write_table("edit_instructions", shard, pa.Table.from_pylist(rows, schema=EDIT_INSTRUCTIONS_SCHEMA))
-    summary = summarize(rows)
-    after = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
-    if summary["ok"] == 0:
-        context.log.warning(f"edit_instructions {shard}: no ok triplet ({stats.as_metadata()})")
-    ok_rows = [r for r in rows if r["status"] == "ok"]
-    return dg.MaterializeResult(
-        metadata={
+
+    def one_shard(shard: str) -> dict:
+        profile = pipeline.profile.name
+        caps = lake.lake.read_table(
+            "captions", shard, columns=["uid", "caption_short", "caption_desc", "status", "error"]
+        )
+        seeds = read_seed_pool(lake.lake) if instruction_writer.backend == "openai" else []
+        client = instruction_writer.client()
+        before = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
+        rows, stats = instruction_rows(
+            caps.to_pylist(),
+            shard=shard,
+            profile=profile,
+            seeds=seeds,
+            global_seed=pipeline.global_seed,
+            settings=instruction_writer.settings(),
+            client=client,
+        )
+        uri = lake.lake.write_table(
+            "edit_instructions", shard, pa.Table.from_pylist(rows, schema=EDIT_INSTRUCTIONS_SCHEMA)
+        )
+        summary = summarize(rows)
+        after = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
+        if summary["ok"] == 0:
+            context.log.warning(f"edit_instructions {shard}: no ok triplet ({stats.as_metadata()})")
+        ok_rows = [r for r in rows if r["status"] == "ok"]
+        return {
             **{k: v for k, v in summary.items()},
             **{f"stats_{k}": v for k, v in stats.as_metadata().items()},
             "requests_sent": after[0] - before[0],
@@ -191,7 +199,8 @@ def edit_instructions(
                 )
             ),
         }
-    )
+
+    return materialize_each_shard(context, one_shard)
 
 
 assets = [seed_triplets, captions, edit_instructions]

@@ -1,8 +1,9 @@
--- Per edit type and mode: volume, failures, pass rate, metric means, kept samples.
+-- Per edit type and mode: volume, failures, pass rate, metric means, kept samples. A candidate row that failed
+-- before a mode was chosen (its image got no triplet) counts under mode 'unassigned'.
 with scores as (
     select
         coalesce(edit_type, 'unknown') as edit_type,
-        mode,
+        coalesce(mode, 'unassigned') as mode,
         count(*) as candidates,
         count(*) filter (where status = 'failed') as failed,
         count(*) filter (where status = 'ok') as scored,
@@ -18,7 +19,7 @@ with scores as (
     group by 1, 2
 ),
 kept as (
-    select coalesce(edit_type, 'unknown') as edit_type, mode, count(*) as kept
+    select coalesce(edit_type, 'unknown') as edit_type, coalesce(mode, 'unassigned') as mode, count(*) as kept
     from {{ source('lake', 'filtered_release') }}
     group by 1, 2
 )
