@@ -1,0 +1,1 @@
+"""Region stage: object selection, grounding, segmentation and mask math (docs/method.md §4)."""

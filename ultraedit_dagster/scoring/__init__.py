@@ -1,0 +1,1 @@
+"""Scoring stage: CLIP / DINOv2 / SSIM / L1 metrics of every candidate (docs/method.md §5)."""
