@@ -25,7 +25,8 @@ def pool_limits() -> dict[str, int]:
 
 
 def ensure_instance():
-    """The local Dagster instance under DAGSTER_HOME (default .ultraedit/dagster), with the pools configured."""
+    """The local Dagster instance under DAGSTER_HOME (default .ultraedit/dagster), with the pools configured and the
+    runs of killed processes marked failed, their pool slots freed (`reap_orphaned_runs`)."""
     import dagster as dg
 
     home = settings.dagster_home()
@@ -39,4 +40,128 @@ def ensure_instance():
     for pool, limit in pool_limits().items():
         if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
             instance.event_log_storage.set_concurrency_slots(pool, limit)
+    reap_orphaned_runs(instance)
     return instance
+
+
+# -- runs orphaned by a killed process ----------------------------------------------------------------------------
+
+ORPHAN_MESSAGE = (
+    "marked failed by ultraedit: every process of this run is gone (killed or crashed) while the run was {status}; "
+    "its pool slots were freed so later runs can start"
+)
+
+
+def _process_state(pid: int) -> tuple[bool, float | None]:
+    """(alive, start time as epoch seconds or None where unknown) of process `pid`. A zombie counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, None
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False, None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return True, None  # no /proc (not Linux): alive as far as we can tell
+    if fields[0] in ("Z", "X"):
+        return False, None
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        started = None
+    return True, started
+
+
+def run_pids(instance, run_id: str) -> list[int]:
+    """The pids Dagster recorded for a run: its engine events ('Executing steps in process (pid: N)', the run
+    worker's and the multiprocess executor's processes) carry a `pid` metadata entry."""
+    import dagster as dg
+
+    pids: list[int] = []
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = getattr(event, "event_specific_data", None) if event else None
+        value = (getattr(data, "metadata", None) or {}).get("pid")
+        text = getattr(value, "value", value)
+        if isinstance(text, (str, int)) and str(text).isascii() and str(text).isdigit() and int(text) not in pids:
+            pids.append(int(text))
+    return pids
+
+
+def is_local_instance(instance) -> bool:
+    """True where every run of the instance ran on this machine (SQLite storage under DAGSTER_HOME), so a recorded
+    pid names a process here. A shared instance (Postgres, several machines) relies on Dagster's run monitoring."""
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+    storage = getattr(instance, "run_storage", None)
+    storage = getattr(storage, "_storage", storage)  # legacy wrappers
+    return isinstance(storage, SqliteRunStorage)
+
+
+def reap_orphaned_runs(instance, *, only_local: bool = True) -> list[str]:
+    """Mark failed every STARTING / STARTED run of this instance whose recorded processes are all dead, and free
+    the concurrency-pool slots it held or waited for; returns their run ids.
+
+    A `kill -9` of `ultraedit materialize` (or of a run worker) leaves its run STARTED with its `gpu` /
+    `duckdb_writer` slot claimed, and every later run of that step would wait forever. A pid that is alive but was
+    started after the run (the pid was reused) counts as dead. Runs with no recorded pid yet are left alone (they
+    claim no slot before their steps start). Only a local instance is reaped unless `only_local=False`.
+    """
+    import dagster as dg
+
+    if only_local and not is_local_instance(instance):
+        return []
+    reaped = []
+    statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=statuses)):
+        run = record.dagster_run
+        pids = run_pids(instance, run.run_id)
+        if not pids:
+            continue
+        run_started = record.start_time or (record.create_timestamp.timestamp() if record.create_timestamp else None)
+        alive = False
+        for pid in pids:
+            is_alive, proc_started = _process_state(pid)
+            reused = proc_started is not None and run_started is not None and proc_started > run_started + 1.0
+            if is_alive and not reused:
+                alive = True
+                break
+        if alive:
+            continue
+        instance.report_run_failed(run, ORPHAN_MESSAGE.format(status=run.status.value))
+        reaped.append(run.run_id)
+    for run_id in set(reaped) | _runs_holding_slots_that_ended(instance):
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return reaped
+
+
+def _runs_holding_slots_that_ended(instance) -> set[str]:
+    """Runs that hold or wait for a pool slot but are already finished (failed, canceled, success, or deleted)."""
+    import dagster as dg
+
+    holders = instance.event_log_storage.get_concurrency_run_ids()
+    if not holders:
+        return set()
+    live = {
+        r.run_id
+        for r in instance.get_runs(
+            filters=dg.RunsFilter(
+                run_ids=list(holders),
+                statuses=[
+                    dg.DagsterRunStatus.QUEUED,
+                    dg.DagsterRunStatus.NOT_STARTED,
+                    dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.STARTED,
+                    dg.DagsterRunStatus.CANCELING,
+                ],
+            )
+        )
+    }
+    return set(holders) - live

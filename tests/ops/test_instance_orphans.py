@@ -1,0 +1,135 @@
+"""A killed run never blocks a later one: `ensure_instance` (every CLI command) marks the runs of dead processes
+failed and frees their pool slots (issue 15 item 1)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+# The job the subprocesses run: one asset in the `gpu` pool that signals when it holds the slot, then sleeps.
+JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    import dagster as dg
+    from ultraedit_dagster.ops.instance import ensure_instance
+
+    @dg.asset(pool="gpu")
+    def holds_gpu():
+        open(os.environ["MARKER"], "w").close()
+        time.sleep(float(os.environ["HOLD_SECONDS"]))
+        return 1
+
+    instance = ensure_instance()
+    result = dg.materialize([holds_gpu], instance=instance, raise_on_error=False)
+    print("RESULT", result.success, flush=True)
+    """
+)
+
+
+def _start(tmp_path, marker, hold: float) -> subprocess.Popen:
+    env = {**os.environ, "MARKER": str(marker), "HOLD_SECONDS": str(hold), "CUDA_VISIBLE_DEVICES": "0"}
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    return subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for(path, proc, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"job exited early: {proc.stdout.read()}")
+        if time.time() > deadline:
+            pytest.fail("the job never reached its step")
+        time.sleep(0.2)
+
+
+def test_sigkilled_run_holding_a_gpu_slot_is_failed_and_a_rerun_starts(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from ultraedit_dagster.ops.instance import ensure_instance, run_pids
+
+    home = tmp_path / "dagster"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # gpu pool limit 1
+
+    victim = _start(tmp_path, tmp_path / "holding", hold=600)
+    try:
+        _wait_for(tmp_path / "holding", victim, 120)
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+
+    with dg.DagsterInstance.from_config(str(home)) as before:
+        [run] = before.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED  # what a kill -9 leaves behind
+        assert victim.pid in run_pids(before, run.run_id)
+        assert before.event_log_storage.get_concurrency_info("gpu").claimed_slots  # the slot is still held
+
+    instance = ensure_instance()  # what every CLI command does first
+    try:
+        run = instance.get_run_by_id(run.run_id)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert info.slot_count == 1 and not info.claimed_slots and not info.pending_steps
+        failure = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        assert "every process of this run is gone" in failure[0].event_log_entry.dagster_event.message
+    finally:
+        instance.dispose()
+
+    rerun = _start(tmp_path, tmp_path / "rerun", hold=0)
+    try:
+        out, _ = rerun.communicate(timeout=240)  # before the fix this waited for the slot forever
+    finally:
+        rerun.kill()
+    assert "RESULT True" in out, out
+
+
+def test_live_runs_and_reused_pids(tmp_path, monkeypatch):
+    """A run whose process is alive is left alone; a live pid that started after the run (reused) counts as dead."""
+    import dagster as dg
+    from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+
+    from ultraedit_dagster.ops import instance as inst_mod
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    instance = inst_mod.ensure_instance()
+    try:
+        run = instance.create_run_for_job(dg.GraphDefinition(name="g").to_job())
+        start = DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=run.job_name)
+        instance.report_dagster_event(start, run_id=run.run_id)
+        instance.report_engine_event(
+            f"Executing steps in process (pid: {os.getpid()})",
+            run,
+            engine_event_data=EngineEventData.in_process(os.getpid()),
+        )
+        assert inst_mod.reap_orphaned_runs(instance) == []  # this very process is alive
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+        # the same pid, but the process started after the run did: a reused pid, so the run's process is gone
+        monkeypatch.setattr(inst_mod, "_process_state", lambda pid: (True, time.time() + 3600))
+        assert inst_mod.reap_orphaned_runs(instance) == [run.run_id]
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert inst_mod.reap_orphaned_runs(instance) == []  # once
+    finally:
+        instance.dispose()
+
+
+def test_zombie_and_missing_processes_are_dead():
+    from ultraedit_dagster.ops.instance import _process_state
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while _process_state(proc.pid)[0] and time.time() < deadline:  # exited but not waited for: a zombie
+        time.sleep(0.05)
+    assert _process_state(proc.pid) == (False, None)
+    proc.wait()
+    assert _process_state(proc.pid)[0] is False
+    alive, started = _process_state(os.getpid())
+    assert alive and started is not None and started <= time.time()
