@@ -53,6 +53,23 @@ class ModerationResult:
     error: str | None = None
 
 
+MAX_ERROR_CHARS = 300
+
+
+def scrub_secret(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` replaced by `***`: as is, JSON-escaped, URL-quoted, and in the
+    forms `repr` gives it. Scrub before truncating, never after."""
+    if not secret or not text:
+        return text
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret), repr(secret)[1:-1]}
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            text = text.replace(form, "***")
+    return text
+
+
 def payload_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
@@ -126,7 +143,12 @@ class LLMClient:
     # -- retry loop ---------------------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        """The text with the API key removed in every form an endpoint may echo it (as is, JSON- or URL-escaped).
+        Always scrub the whole text before cutting it: a cut first can split the key and leave most of it."""
+        return scrub_secret(text, self._secret)
+
+    def _error_text(self, text: str, limit: int = MAX_ERROR_CHARS) -> str:
+        return self._scrub(text)[:limit]
 
     def _retryable(self, exc: Exception) -> bool:
         import openai
@@ -161,7 +183,7 @@ class LLMClient:
             kind = f"HTTP {exc.status_code}"
         else:
             kind = f"malformed response ({type(exc).__name__})"
-        return self._scrub(f"{kind}: {str(exc)[:300]}")
+        return self._error_text(f"{kind}: {exc}")
 
     def _call(self, fn: Callable[[], Any]) -> tuple[Any, int, str | None]:
         """Run fn with retries; returns (response or None, attempts, error)."""
@@ -211,7 +233,9 @@ class LLMClient:
             prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
             completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            return ChatResult(None, attempts=attempts, error=f"malformed response: {type(exc).__name__}: {exc}"[:300])
+            return ChatResult(
+                None, attempts=attempts, error=self._error_text(f"malformed response: {type(exc).__name__}: {exc}")
+            )
         if not isinstance(text, str) or not text.strip():
             return ChatResult(
                 None, prompt_tokens, completion_tokens, attempts=attempts, error="malformed response: empty content"
