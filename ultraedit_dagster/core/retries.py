@@ -2,11 +2,11 @@
 
 Three layers, from cheapest to broadest:
 
-1. `TRANSIENT_RETRY_POLICY` on every asset (the lead sets `retry_policy=` on the asset or job): a step that failed
-   with a transient error (network, S3 throttling/5xx, LLM rate limit or timeout) is retried in the same run after
-   an exponentially growing, jittered delay. Assets wrap their body in `fail_fast_unless_transient()` so an error
-   retrying cannot fix (a model that does not load, a bad config, an invalid profile) raises `dg.Failure` with a
-   clear message and `allow_retries=False` instead of burning retries.
+1. `TRANSIENT_RETRY_POLICY` on every asset, always together with the `@retry_transient_only` decorator under
+   `@dg.asset`: Dagster's RetryPolicy retries *every* exception, so the decorator classifies first. A transient error
+   (network, S3 throttling/5xx, LLM rate limit or timeout) propagates and is retried in the same run after an
+   exponentially growing, jittered delay; any other error (a model that does not load, a bad config, bad data, a
+   guard) becomes `dg.Failure(allow_retries=False)` with a clear message, so the step fails after one attempt.
 2. Run retries (`run_retries:` in dagster.yaml, see `RUN_RETRY_TAGS`): the daemon re-launches a run whose worker
    crashed or was pre-empted (spot GPU nodes), re-executing only the steps that had not succeeded.
 3. `ultraedit backfill --failed` / the nightly rebuild schedule for whatever is still failed after that.
@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -198,15 +201,60 @@ def fatal_message(exc: BaseException, stage: str = "") -> str:
 @contextlib.contextmanager
 def fail_fast_unless_transient(stage: str = "") -> Iterator[None]:
     """Re-raise transient errors unchanged (the RetryPolicy retries them); turn every other error into a
-    `dg.Failure(allow_retries=False)` with a clear message, so the step fails at once."""
+    `dg.Failure(allow_retries=False)` with a clear message, so the step fails at once.
+
+    A `dg.Failure` that still allows retries is kept only when what caused it is transient (e.g. the per-shard
+    failure of a multi-shard run raised `from` a throttling error); a Failure raised for a deterministic reason, or
+    with no cause at all, is re-raised with `allow_retries=False` and its description and metadata kept."""
     try:
         yield
-    except dg.Failure:
+    except dg.RetryRequested:
         raise
+    except dg.Failure as failure:
+        cause = failure.__cause__
+        if not failure.allow_retries or (cause is not None and is_retryable(cause)):
+            raise
+        raise dg.Failure(description=failure.description, metadata=failure.metadata, allow_retries=False) from (
+            cause or failure
+        )
     except Exception as exc:
         if is_retryable(exc):
             raise
         raise dg.Failure(description=fatal_message(exc, stage), allow_retries=False) from exc
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def retry_transient_only(fn: F) -> F:
+    """Decorator for an asset's compute function (put it under `@dg.asset(..., retry_policy=TRANSIENT_RETRY_POLICY)`):
+    the whole body runs inside `fail_fast_unless_transient(<asset name>)`, so the RetryPolicy only ever sees
+    transient errors. The signature is kept (Dagster reads the context and resource parameters through
+    `functools.wraps`); generator bodies (multi-assets that yield) stay generators."""
+    stage = fn.__name__
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with fail_fast_unless_transient(stage):
+                return (yield from fn(*args, **kwargs))
+
+        gen_wrapper.retry_transient_only = True  # type: ignore[attr-defined]
+        return gen_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with fail_fast_unless_transient(stage):
+            return fn(*args, **kwargs)
+
+    wrapper.retry_transient_only = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def classifies_errors(asset_def: Any) -> bool:
+    """True when an asset's compute function is wrapped by `retry_transient_only` (tests check every asset)."""
+    fn = getattr(getattr(asset_def.op, "compute_fn", None), "decorated_fn", None)
+    return bool(getattr(fn, "retry_transient_only", False))
 
 
 def call_with_retries(

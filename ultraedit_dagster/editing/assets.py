@@ -10,7 +10,7 @@ from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.editing.resources import EditorResource
 from ultraedit_dagster.editing.rows import ASSET, EDIT_CANDIDATES_SCHEMA, GenerationStats, candidate_batches
 from ultraedit_dagster.lake.resources import LakeResource
@@ -27,6 +27,7 @@ from ultraedit_dagster.lake.resources import LakeResource
     pool="gpu",
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def edit_candidates(
     context: dg.AssetExecutionContext,
     lake: LakeResource,

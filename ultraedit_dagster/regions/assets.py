@@ -10,7 +10,7 @@ from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.regions.resources import (
     GrounderResource,
@@ -32,6 +32,7 @@ from ultraedit_dagster.regions.rows import ASSET, PREVIEW_TILES, REGION_MASKS_SC
     pool="gpu",
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def region_masks(
     context: dg.AssetExecutionContext,
     lake: LakeResource,

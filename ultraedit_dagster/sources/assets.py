@@ -6,7 +6,7 @@ import pyarrow as pa
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.sources.manifests import read_shard_manifest
@@ -23,6 +23,7 @@ PREVIEW_IMAGES = 8
     kinds={"parquet"},
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def source_images(
     context: dg.AssetExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.MaterializeResult:

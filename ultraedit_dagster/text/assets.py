@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
@@ -87,6 +87,7 @@ def seed_triplets(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     kinds={"parquet"},
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def captions(
     context: dg.AssetExecutionContext, lake: LakeResource, pipeline: PipelineResource, captioner: CaptionerResource
 ) -> dg.MaterializeResult:
@@ -147,6 +148,7 @@ def captions(
     kinds={"parquet"},
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def edit_instructions(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
