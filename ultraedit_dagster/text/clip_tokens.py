@@ -1,6 +1,6 @@
 """Counting CLIP text tokens without importing torch: CLIP's byte-level BPE over the vocabulary open_clip ships.
 
-Equivalent to open_clip's SimpleTokenizer for counting (checked in tests/test_text_assets.py); importing open_clip
+Equivalent to open_clip's SimpleTokenizer for counting (checked in tests/text/test_text_assets.py); importing open_clip
 itself takes tens of seconds because it pulls in torch and every model definition.
 """
 

@@ -35,7 +35,7 @@ that fires wins:
 10. A colour word in the instruction or in the added words → Change Color.
 11. Anything else that edits an attribute (make / have / open / fill / inflate / ...) → Change Local; otherwise Others.
 
-`tests/test_text_edit_types.py` checks that it agrees with the seed labels on at least 80% of the pool.
+`tests/text/test_text_seeds_types.py` checks that it agrees with the seed labels on at least 80% of the pool.
 """
 
 from __future__ import annotations
