@@ -64,6 +64,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
         arr = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise ImageRejected(f"float image has {bad} NaN or infinite pixel(s): no faithful 8-bit rendering")
         lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
         image = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info:
@@ -76,13 +79,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to `size` (bicubic) and centre-crop to size x size (UltraEdit's preprocessing)."""
+    """Resize the short side to `size` (bicubic) and centre-crop to size x size (UltraEdit's preprocessing).
+
+    The centre square is cut from the source while resizing (PIL's `box`), so the work and memory are bounded by
+    the output: a 64 x 200,000 strip never becomes a 512 x 1,600,000 intermediate."""
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    side = min(width, height)
+    if side < 1:
+        raise ImageRejected(f"image is {width}x{height}: nothing to crop")
+    left, top = (width - side) / 2, (height - side) / 2
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
 def encode_png(image: Image.Image | np.ndarray) -> bytes:

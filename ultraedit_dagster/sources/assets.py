@@ -10,7 +10,7 @@ from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transie
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.sources.manifests import read_shard_manifest
-from ultraedit_dagster.sources.rows import SOURCE_IMAGES_SCHEMA, process_row
+from ultraedit_dagster.sources.rows import SOURCE_IMAGES_SCHEMA, FetchBreaker, is_retryable_error, process_row
 
 WRITE_BATCH = 32
 PREVIEW_IMAGES = 8
@@ -30,12 +30,15 @@ def source_images(
     """One row per manifest row: the image loaded from its path / file:// / s3:// URI, EXIF-rotated, converted to RGB,
     short side resized to 512 and centre-cropped, stored as PNG with uid, original URI, caption_gt, source and licence.
     A row that cannot be used (missing file, zero bytes, truncated or non-image data, decompression bomb, too small,
-    empty caption) is kept as a `failed` row with the reason in `error`."""
+    empty caption) is kept as a `failed` row with the reason in `error`. S3 fetches are retried with backoff; a row
+    still failing for a transient reason is marked retryable (`retryable: ...`), and after a run of such rows the
+    shard's breaker fails the rest at once, so `ultraedit backfill --failed` redoes the shard when the store is back."""
 
     def one_shard(shard: str) -> dict:
         manifest = read_shard_manifest(lake.lake, shard).to_pylist()
         profile = pipeline.profile.name
-        rows_total = failed = 0
+        rows_total = failed = retryable = 0
+        breaker = FetchBreaker()
         preview = []
         reasons: dict[str, int] = {}
         with lake.lake.open_writer("source_images", shard, SOURCE_IMAGES_SCHEMA) as writer:
@@ -50,6 +53,7 @@ def source_images(
                         max_pixels=pipeline.max_image_pixels,
                         allowed_prefixes=pipeline.allowed_uri_prefixes,
                         s3_client_factory=lake.s3_client,
+                        breaker=breaker,
                     )
                     for row in manifest[start : start + WRITE_BATCH]
                 ]
@@ -57,6 +61,7 @@ def source_images(
                     rows_total += 1
                     if row["status"] == "failed":
                         failed += 1
+                        retryable += is_retryable_error(row["error"])
                         reason = failure_reason(row["error"])
                         reasons[reason] = reasons.get(reason, 0) + 1
                         context.log.warning(f"source_images {row['uid']} ({row['uri']}) failed: {row['error']}")
@@ -67,6 +72,7 @@ def source_images(
             "rows": rows_total,
             "ok": rows_total - failed,
             "failed": failed,
+            "retryable": retryable,
             "failure_reasons": reasons,
             "lake_uri": dg.MetadataValue.path(lake.lake.shard_uri("source_images", shard)),
             "profile": profile,
