@@ -25,6 +25,10 @@ class Thresholds:
     clip_sim_target: float
     dinov2_sim: float
     note: str = ""
+    # L1 band (docs/method.md §5): below min_l1 the pair shows no visible change (a no-op); above max_l1 the edit
+    # changed everything. Candidates outside the band are not selected (issue 14).
+    min_l1: float = 0.002
+    max_l1: float = 0.5
 
 
 @dataclass(frozen=True)

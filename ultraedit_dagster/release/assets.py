@@ -11,14 +11,23 @@ import pyarrow as pa
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY
+from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake, swap_folder
 from ultraedit_dagster.release.card import build_release
+from ultraedit_dagster.release.gate import exclude_duplicates, judge
+from ultraedit_dagster.release.gate_records import RUN_ID_KEY, gather
 from ultraedit_dagster.release.schema import empty_release_table, release_row, release_schema
-from ultraedit_dagster.release.selection import select
+from ultraedit_dagster.release.selection import release_rule, rule_text, select, thresholds_by_mode
 
 PREVIEW_IMAGES = 8
+# Parquet footer key of a filtered_release shard naming its shard; RUN_ID_KEY names the run that wrote it (the release
+# gate matches it against the latest materialization, docs/method.md §6)
+SHARD_KEY = b"ultraedit.shard"
+
+
+class ReleaseGuardError(ValueError):
+    """A condition that makes a filtered_release shard invalid: deterministic, never retried."""
 
 
 def _lookup(lake: Lake, asset: str, shard: str, key: str, wanted: list[str]) -> dict[str, dict[str, Any]]:
@@ -44,6 +53,7 @@ def _lookup(lake: Lake, asset: str, shard: str, key: str, wanted: list[str]) -> 
     kinds={"parquet"},
     automation_condition=dg.AutomationCondition.eager(),
 )
+@retry_transient_only
 def filtered_release(
     context: dg.AssetExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.MaterializeResult:
@@ -56,7 +66,9 @@ def filtered_release(
         the_lake = lake.lake
         profile = pipeline.profile
         scores = [r for b in the_lake.iter_batches("metric_scores", shard, batch_size=4096) for r in b.to_pylist()]
-        result = select(scores, profile.selection)
+        by_mode = thresholds_by_mode(profile)
+        rule = release_rule(profile)
+        result = select(scores, profile.selection, by_mode)
         chosen = {r["candidate_uid"]: r for r in result.selected}
 
         captions = _lookup(
@@ -72,18 +84,24 @@ def filtered_release(
             ["edit_object", "tagger_id", "grounder_id", "segmenter_id"],
         )
 
-        schema = release_schema()
+        schema = release_schema().with_metadata(
+            {**release_schema().metadata, RUN_ID_KEY: context.run_id.encode(), SHARD_KEY: shard.encode()}
+        )
         written = 0
+        found: set[str] = set()
         by_split: Counter = Counter()
         preview = []
+        # Everything that makes the shard valid is checked inside the writer block: an exception there leaves the
+        # previous file in place (the writer replaces the shard only when the block exits cleanly).
         with the_lake.open_writer("filtered_release", shard, schema) as writer:
             if chosen:
                 for batch in the_lake.iter_batches("edit_candidates", shard, batch_size=32):
                     out = []
                     for cand in batch.to_pylist():
                         score = chosen.get(cand["candidate_uid"])
-                        if score is None:
+                        if score is None or cand["candidate_uid"] in found:
                             continue
+                        found.add(cand["candidate_uid"])
                         out.append(
                             release_row(
                                 cand,
@@ -93,6 +111,7 @@ def filtered_release(
                                 source=sources.get(cand.get("image_uid")),
                                 instruction=instructions.get(cand["instruction_uid"]),
                                 region=regions.get(cand["instruction_uid"]),
+                                rule=rule,
                             )
                         )
                         by_split[cand["mode"]] += 1
@@ -102,7 +121,13 @@ def filtered_release(
                         writer.write_table(pa.Table.from_pylist(out, schema=schema))
                         written += len(out)
             else:
-                writer.write_table(empty_release_table())
+                writer.write_table(empty_release_table().replace_schema_metadata(schema.metadata))
+            missing = sorted(set(chosen) - found)
+            if missing:
+                raise ReleaseGuardError(
+                    f"filtered_release: {len(chosen)} candidates selected but {len(missing)} missing from "
+                    f"edit_candidates (e.g. {', '.join(missing[:3])}); the shard file was left unchanged"
+                )
         failed = sum(1 for r in scores if r["status"] != "ok")
         metadata: dict[str, Any] = {
             "rows": written,
@@ -113,13 +138,11 @@ def filtered_release(
             "triplets": result.triplets,
             "triplets_kept": result.triplets_kept,
             "triplets_dropped_reasons": str(result.reasons),
+            "candidates_ineligible": str(result.ineligible),
+            "selection_rule": rule["selection_rule"],
             "profile": profile.name,
             "lake_uri": the_lake.shard_uri("filtered_release", shard),
         }
-        if written != len(chosen):
-            raise RuntimeError(
-                f"filtered_release: {len(chosen)} candidates selected but {written} found in edit_candidates"
-            )
         if written == 0:
             metadata["why_empty"] = (
                 "no candidates in metric_scores"
@@ -149,40 +172,77 @@ def publish_folder(src: Path, lake: Lake, release_dir: str) -> str:
     return lake.replace_folder("release", src)
 
 
-@dg.asset(deps=[filtered_release], group_name="quality", kinds={"parquet", "html"})
+# Follow the shards: re-publish whenever a filtered_release shard (or anything upstream) is materialized again,
+# even while other shards are missing (a failed shard is listed on the card, not a reason to stop publishing).
+RELEASE_CARD_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
+
+@dg.asset(
+    deps=[filtered_release],
+    group_name="quality",
+    kinds={"parquet", "html"},
+    retry_policy=TRANSIENT_RETRY_POLICY,
+    automation_condition=RELEASE_CARD_AUTOMATION,
+)
+@retry_transient_only
 def release_card(
     context: dg.AssetExecutionContext, config: ReleaseCardConfig, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.MaterializeResult:
-    """The release: per-split Parquet files (free_form / region) over all shards, a dataset card (counts by split,
-    edit type and licence; metric means and histograms; thresholds and models; files with row counts and sha256)
-    and a static HTML gallery of sampled rows. Written under the lake's `release/` or a configured folder."""
+    """The release: per-split Parquet files (free_form / region) over the shards that pass the release gate
+    (docs/method.md §6), a dataset card (counts by split, edit type and licence; metric means and histograms;
+    thresholds, L1 band and selection rule; models; files with row counts and sha256; every shard left out and why),
+    the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/` or a configured
+    folder, readable (0755 / 0644) like the rest of the lake."""
     profile = pipeline.profile
-    thresholds = {"free_form": profile.free_form_thresholds, "region": profile.region_thresholds}
+    thresholds = thresholds_by_mode(profile)
     note = profile.free_form_thresholds.note if profile.name == "tiny" else ""
+    the_lake = lake.lake
+    known = set(the_lake.list_shards("filtered_release")) | set(context.instance.get_dynamic_partitions("shards"))
+    decisions = [judge(e) for e in gather(context.instance, the_lake, sorted(known))]
+    uids = {
+        d.shard: [
+            u for b in the_lake.iter_batches("filtered_release", d.shard, 4096, ["uid"]) for u in b["uid"].to_pylist()
+        ]
+        for d in decisions
+        if d.included
+    }
+    decisions = exclude_duplicates(decisions, uids)
+    included = [d.shard for d in decisions if d.included]
+    excluded = {d.shard: d.reasons for d in decisions if not d.included}
+    gate_rows = [{**r, "included": d.included} for d in decisions for r in d.rows]
+    for shard, reasons in excluded.items():
+        context.log.warning(f"release: shard {shard} left out: {'; '.join(reasons)}")
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
-            lake.lake,
+            the_lake,
             tmp,
             thresholds=thresholds,
             profile_note=note,
             gallery_size=config.gallery_size,
             title=config.title,
+            shards=included,
+            excluded=excluded,
+            gate_rows=gate_rows,
+            selection_rule=rule_text(profile.selection, thresholds),
         )
-        if summary.duplicate_idx or summary.duplicate_uid:
-            raise RuntimeError(
+        if summary.duplicate_idx or summary.duplicate_uid:  # the gate left out repeated uids: only an idx clash
+            raise ReleaseGuardError(
                 f"release has {summary.duplicate_idx} duplicate idx and {summary.duplicate_uid} "
-                "duplicate uid values across shards"
+                "duplicate uid values across the admitted shards; nothing was published"
             )
         card = (Path(tmp) / "README.md").read_text()
-        where = publish_folder(Path(tmp), lake.lake, config.release_dir)
+        where = publish_folder(Path(tmp), the_lake, config.release_dir)
     return dg.MaterializeResult(
         metadata={
             "rows": summary.rows,
             "free_form": summary.by_split.get("free_form", 0),
             "region": summary.by_split.get("region", 0),
             "shards": len(summary.shards),
+            "shards_excluded": len(excluded),
+            "excluded_shards": dg.MetadataValue.json(excluded),
             "files": len(summary.files),
             "release_uri": where,
+            "release_gate": f"{where}/release_gate.parquet",
             "gallery": f"{where}/gallery/index.html",
             "card": dg.MetadataValue.md(card.split("---", 2)[-1][:20000]),
         }

@@ -9,6 +9,7 @@ never all in memory) and writes, into a fresh local folder:
     gallery/index.html            a sample of rows: source | edited | mask | instruction | scores
     gallery/images/*.png          the sample's images, next to the HTML
     release.json                  the machine-readable summary (counts, means, files with rows and sha256)
+    release_gate.parquet          the release gate: one row per shard and condition (docs/method.md §6)
 
 The caller (the `release_card` asset) publishes the folder to the lake's `release/` prefix or a configured folder.
 """
@@ -80,6 +81,8 @@ class ReleaseSummary:
     duplicate_idx: int = 0
     duplicate_uid: int = 0
     gallery_rows: int = 0
+    excluded: dict[str, list[str]] = field(default_factory=dict)  # shard left out -> reasons
+    selection_rule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -142,13 +145,21 @@ def build_release(
     gallery_size: int = 24,
     title: str = "ultraedit-dagster release",
     batch_size: int = 64,
+    shards: list[str] | None = None,
+    excluded: Mapping[str, list[str]] | None = None,
+    gate_rows: list[dict[str, Any]] | None = None,
+    selection_rule: str = "",
 ) -> ReleaseSummary:
-    """Write the release folder (see module docstring) and return its summary. `thresholds`: split -> Thresholds."""
+    """Write the release folder (see module docstring) and return its summary. `thresholds`: split -> Thresholds.
+    `shards`: the shards the release gate admitted (None: every filtered_release shard in the lake, for callers
+    without a gate); `excluded`: shard -> reasons, listed on the card; `gate_rows`: the `release_gate` table."""
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     summary = ReleaseSummary()
-    shards = lake.list_shards("filtered_release")
+    shards = sorted(lake.list_shards("filtered_release") if shards is None else shards)
     summary.shards = shards
+    summary.excluded = {k: list(v) for k, v in sorted((excluded or {}).items())}
+    summary.selection_rule = selection_rule
 
     # pass 1: the small columns of every row (stats, sample choice, uniqueness)
     rows: list[dict[str, Any]] = []
@@ -241,7 +252,35 @@ def build_release(
     (gallery_dir / "index.html").write_text(gallery_html(gallery, title), encoding="utf-8")
     (out / "README.md").write_text(card_markdown(summary, thresholds, figures, title, profile_note), encoding="utf-8")
     (out / "release.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
+    if gate_rows is not None:
+        pq.write_table(gate_table(gate_rows), str(out / "release_gate.parquet"))
+    make_readable(out)
     return summary
+
+
+GATE_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("asset", pa.string()),
+        ("run_id", pa.string()),
+        ("check", pa.string()),
+        ("passed", pa.bool_()),
+        ("evaluated_at", pa.float64()),
+        ("detail", pa.string()),
+        ("included", pa.bool_()),
+    ]
+)
+
+
+def gate_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist([{k: r.get(k) for k in GATE_SCHEMA.names} for r in rows], schema=GATE_SCHEMA)
+
+
+def make_readable(folder: Path) -> None:
+    """Folders 0755, files 0644, like the rest of the lake (a temporary directory starts as 0700)."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def card_markdown(
@@ -314,19 +353,39 @@ def card_markdown(
         "",
     ]
     lines += [f"![{f[:-4]}](figures/{f})" for f in figures]
+    lines += ["", "## Shards", ""]
+    lines.append(
+        f"{len(s.shards)} shard(s) passed the release gate (every blocking check passed on the shard's latest "
+        "materialization, nothing upstream changed since, no uid repeated): " + (", ".join(s.shards) or "none") + "."
+    )
+    if s.excluded:
+        lines += [
+            "",
+            f"**{len(s.excluded)} shard(s) left out of this release:**",
+            "",
+            "| shard | why |",
+            "|---|---|",
+        ]
+        lines += [f"| {shard} | {'; '.join(reasons)} |" for shard, reasons in s.excluded.items()]
+    lines += ["", "The gate's rows are in `release_gate.parquet` (shard, asset, run_id, check, passed, evaluated_at)."]
     lines += [
         "",
         "## Thresholds",
         "",
-        "A candidate passes when every metric reaches its minimum; SSIM and L1 are recorded, not filtered.",
+        "A candidate passes when every metric reaches its minimum and its L1 lies inside the mode's band (no no-op "
+        "pairs, no pairs that changed everything); SSIM is recorded, not filtered.",
         "",
         "| metric | " + " | ".join(thresholds) + " |",
         "|---|" + "---|" * len(thresholds),
     ]
     for m in THRESHOLD_METRICS:
         lines.append(f"| {m} | " + " | ".join(f"≥ {getattr(t, m)}" for t in thresholds.values()) + " |")
+    lines.append("| l1 band | " + " | ".join(f"{t.min_l1} ≤ l1 ≤ {t.max_l1}" for t in thresholds.values()) + " |")
     notes = {getattr(t, "note", "") for t in thresholds.values()} - {""}
     lines += [f"Note: {n}" for n in sorted(notes)]
+    if s.selection_rule:
+        lines += ["", "## Selection rule", "", s.selection_rule.replace("; ", "\n- ").join(["- ", ""]), ""]
+        lines += ["Every release row carries `thresholds`, `selection_rule` and `rule_version`."]
     lines += ["", "## Models", "", "| stage | model ids |", "|---|---|"]
     lines += [f"| {k} | {', '.join(v) or '—'} |" for k, v in s.models.items()]
     lines += ["", "## Files", "", "| file | split | rows | bytes | sha256 |", "|---|---|---|---|---|"]

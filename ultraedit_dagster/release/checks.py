@@ -13,11 +13,12 @@ from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
 from ultraedit_dagster.release.assets import filtered_release
 from ultraedit_dagster.release.schema import IMAGE_COLUMNS
-from ultraedit_dagster.scoring.metrics import THRESHOLD_METRICS
+from ultraedit_dagster.scoring.checks import out_of_range_counts
+from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
 
 # -- filtered_release -------------------------------------------------------------------------------------------
 
-RELEASE_SCALARS = ["uid", "idx", "split", "mode", "edit_object", "status", *THRESHOLD_METRICS]
+RELEASE_SCALARS = ["uid", "idx", "split", "mode", "edit_object", "status", *METRIC_COLUMNS]
 
 
 def filtered_release_meets_thresholds_result(
@@ -29,12 +30,19 @@ def filtered_release_meets_thresholds_result(
     examples: list[str] = []
     for split, thr in (("free_form", profile.free_form_thresholds), ("region", profile.region_thresholds)):
         for metric in THRESHOLD_METRICS:
-            # column names come from our own constant list, never from data; the threshold value is bound
-            sql = f"SELECT uid FROM t WHERE split = ? AND NOT coalesce({metric} >= ?, false)"
+            # column names come from our own constant list, never from data; the threshold value is bound.
+            # isfinite() first: DuckDB orders NaN above every number, so `NaN >= threshold` is true.
+            sql = f"SELECT uid FROM t WHERE split = ? AND NOT coalesce(isfinite({metric}) AND {metric} >= ?, false)"
             bad = [r[0] for r in con.execute(sql, [split, float(getattr(thr, metric))]).fetchall()]
             if bad:
                 violations[f"{split}.{metric}"] = len(bad)
                 examples += bad[:3]
+        # the L1 band: no no-op pairs, no pairs that changed everything
+        sql = "SELECT uid FROM t WHERE split = ? AND NOT coalesce(isfinite(l1) AND l1 BETWEEN ? AND ?, false)"
+        bad = [r[0] for r in con.execute(sql, [split, float(thr.min_l1), float(thr.max_l1)]).fetchall()]
+        if bad:
+            violations[f"{split}.l1_band"] = len(bad)
+            examples += bad[:3]
     unknown = con.execute(
         "SELECT count(*) FROM t WHERE split NOT IN ('free_form', 'region') OR split IS NULL OR split <> mode"
     ).fetchone()[0]
@@ -54,12 +62,35 @@ def filtered_release_meets_thresholds_result(
 @dg.asset_check(
     asset=filtered_release,
     blocking=True,
-    description="Every release row satisfies the thresholds of its split (free-form / region).",
+    description="Every release row satisfies the thresholds and the L1 band of its split (free-form / region); "
+    "a NaN metric never passes.",
 )
 def filtered_release_meets_thresholds(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
     return check_each_shard(context, lambda shard: filtered_release_meets_thresholds_result(lake, shard, pipeline))
+
+
+def filtered_release_valid_ranges_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    con = shard_connection(lake, "filtered_release", shard, RELEASE_SCALARS)
+    bad = out_of_range_counts(con)
+    bad_status = con.execute("SELECT count(*) FROM t WHERE status IS DISTINCT FROM 'ok'").fetchone()[0]
+    rows = con.execute("SELECT count(*) FROM t").fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=not bad and bad_status == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows": rows, "out_of_range_or_nan": str(bad), "not_ok_status": bad_status},
+    )
+
+
+@dg.asset_check(
+    asset=filtered_release,
+    blocking=True,
+    description="Every metric column of every release row (the six UltraEdit metrics and l1) is finite and within "
+    "its valid range; every row has status ok.",
+)
+def filtered_release_valid_ranges(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    return check_each_shard(context, lambda shard: filtered_release_valid_ranges_result(lake, shard))
 
 
 def filtered_release_unique_ids_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
@@ -145,6 +176,7 @@ def filtered_release_images_decode(context: dg.AssetCheckExecutionContext, lake:
 
 asset_checks = [
     filtered_release_meets_thresholds,
+    filtered_release_valid_ranges,
     filtered_release_unique_ids,
     filtered_release_region_masks,
     filtered_release_images_decode,

@@ -78,6 +78,9 @@ PROVENANCE_FIELDS: list[tuple[str, pa.DataType, dict]] = [
         ("license", _S),
         ("status", _S),
         ("error", _S),
+        ("thresholds", _S),
+        ("selection_rule", _S),
+        ("rule_version", _S),
     ]
 ]
 RELEASE_FIELDS = ULTRAEDIT_FIELDS + PROVENANCE_FIELDS
@@ -118,10 +121,14 @@ def release_row(
     source: Mapping[str, Any] | None = None,
     instruction: Mapping[str, Any] | None = None,
     region: Mapping[str, Any] | None = None,
+    rule: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One release row from a kept candidate (edit_candidates row with images), its metric_scores row and the
-    upstream rows it came from (captions / source_images / edit_instructions / region_masks; any may be None)."""
+    upstream rows it came from (captions / source_images / edit_instructions / region_masks; any may be None).
+    `rule`: {"thresholds": {mode: text}, "selection_rule": text, "rule_version": text}, what admitted the row
+    (`release_rule` builds it from the profile)."""
     caption, source, instruction, region = caption or {}, source or {}, instruction or {}, region or {}
+    rule = rule or {}
     uid = candidate["candidate_uid"]
     mode = candidate["mode"]
     is_region = mode == "region"
@@ -168,6 +175,9 @@ def release_row(
         license=source.get("license"),
         status="ok",
         error=None,
+        thresholds=(rule.get("thresholds") or {}).get(mode),
+        selection_rule=rule.get("selection_rule"),
+        rule_version=rule.get("rule_version"),
     )
     return row
 

@@ -16,19 +16,26 @@ from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, METRIC_RANGES
 SCORE_SCALARS = ["candidate_uid", "status", "pass_all", *METRIC_COLUMNS]
 
 
-def metric_scores_valid_ranges_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
-    con = shard_connection(lake, "metric_scores", shard, SCORE_SCALARS)
+def out_of_range_counts(con: Any, where: str = "TRUE") -> dict[str, int]:
+    """metric -> rows (matching `where`) whose value is NULL, NaN, infinite or outside its valid range. DuckDB orders
+    NaN above every number, so `x BETWEEN lo AND hi` alone would let +NaN through: isfinite() comes first."""
     bad: dict[str, int] = {}
-    for metric in METRIC_COLUMNS:
+    for metric in METRIC_COLUMNS:  # column names from our own constant list; bounds are bound parameters
         lo, hi = METRIC_RANGES[metric]
-        eps = 1e-6
+        eps = 1e-6  # float32 cosines can land a hair outside [-1, 1]
         n = con.execute(
-            f"SELECT count(*) FROM t WHERE status = 'ok' AND ({metric} IS NULL OR isnan({metric}) "
-            f"OR NOT (isfinite({metric}) AND {metric} BETWEEN ? AND ?))",
+            f"SELECT count(*) FROM t WHERE ({where}) AND NOT coalesce(isfinite({metric}) AND {metric} BETWEEN ? AND ?, "
+            "false)",
             [lo - eps, hi + eps],
         ).fetchone()[0]
         if n:
             bad[metric] = n
+    return bad
+
+
+def metric_scores_valid_ranges_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
+    con = shard_connection(lake, "metric_scores", shard, SCORE_SCALARS)
+    bad = out_of_range_counts(con, "status = 'ok'")
     rows, ok, bad_status = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE status = 'ok'), "
         "count(*) FILTER (WHERE status NOT IN ('ok', 'failed') OR status IS NULL) FROM t"
