@@ -18,6 +18,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 def cmd_add_manifest(args: argparse.Namespace) -> int:
     from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME, InvalidShardKey
+    from ultraedit_dagster.lake.store import LakeError
     from ultraedit_dagster.sources.manifests import ManifestError, register_manifest
 
     instance = ensure_instance()
@@ -28,6 +29,10 @@ def cmd_add_manifest(args: argparse.Namespace) -> int:
     except (ManifestError, InvalidShardKey) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (LakeError, OSError) as exc:  # a full disk, a read-only or unreachable lake: say so, no traceback
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"error: cannot write the manifest's shards to the lake {lake.root}: {what}", file=sys.stderr)
+        return 1
     if reg.new_shard_keys:
         instance.add_dynamic_partitions(SHARDS_PARTITIONS_NAME, reg.new_shard_keys)
     print(

@@ -18,8 +18,10 @@ SHARD_INDEX_DIGITS = 5
 
 shards = dg.DynamicPartitionsDefinition(name=SHARDS_PARTITIONS_NAME)
 
-_MANIFEST_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-_SHARD_KEY = re.compile(r"^([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)-(\d{5})$")
+# `\Z`, not `$` (which also matches before a trailing newline), and `[0-9]`, not `\d` (which matches any script's
+# digits): a key becomes a folder name, so it must be exactly these ASCII characters.
+_MANIFEST_NAME = re.compile(r"\A[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z", re.ASCII)
+_SHARD_KEY = re.compile(r"\A([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)-([0-9]{5})\Z", re.ASCII)
 
 
 class InvalidShardKey(ValueError):

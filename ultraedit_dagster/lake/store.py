@@ -214,9 +214,48 @@ class Lake:
             final = Path(self.root) / relpath
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, final)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, final)
+            finally:  # a full disk or a failed rename leaves no temporary behind
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
         return f"{self.root}/{relpath}"
+
+    def create_bytes(self, relpath: str, data: bytes) -> bool:
+        """Write `relpath` only if it does not exist yet, atomically: True when this call created it, False when it
+        was already there (then nothing is written). Two writers racing for one name: exactly one gets True.
+
+        Locally the finished temporary file is hard-linked to the final name (link fails if the name exists); on S3
+        the PUT carries `If-None-Match: *` (a conditional write: 412 when the object exists)."""
+        _check_relpath(relpath)
+        if self.is_s3:
+            try:
+                self.s3_client.put_object(Bucket=self.bucket, Key=self._key(relpath), Body=data, IfNoneMatch="*")
+                return True
+            except Exception as exc:
+                response = getattr(exc, "response", None) or {}
+                code = str(response.get("Error", {}).get("Code", ""))
+                status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in ("PreconditionFailed", "412") or status == 412:
+                    return False
+                raise LakeError(f"conditional S3 upload of {self.root}/{relpath} failed: {exc}") from exc
+        final = Path(self.root) / relpath
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def read_bytes(self, relpath: str) -> bytes:
         _check_relpath(relpath)

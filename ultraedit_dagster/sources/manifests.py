@@ -55,7 +55,7 @@ class Registration:
 
 def default_manifest_name(path: str) -> str:
     stem = Path(path).name.split(".")[0].lower()
-    cleaned = "".join(c if c.isalnum() else "-" for c in stem).strip("-")
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in stem).strip("-")
     while "--" in cleaned:
         cleaned = cleaned.replace("--", "-")
     return cleaned[:58].strip("-") or "manifest"
@@ -91,13 +91,18 @@ def _read_jsonl(raw: bytes, path: str) -> list[dict]:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"manifest {path!r} is not valid UTF-8 (byte {exc.start})") from None
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and other separators that
+    # json.dumps(..., ensure_ascii=False) leaves inside strings
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"manifest {path!r} line {lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ManifestError(f"manifest {path!r} line {lineno}: malformed JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             raise ManifestError(f"manifest {path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
@@ -109,8 +114,23 @@ def _read_csv(raw: bytes, path: str) -> list[dict]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"manifest {path!r} is not valid UTF-8 (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        return list(csv.DictReader(io.StringIO(text)))
+        header = next(reader, None)
+        if header is None:
+            return []
+        rows = []
+        for record in reader:
+            if not record:
+                continue
+            if len(record) != len(header):
+                where = f"manifest {path!r} line {reader.line_num}"
+                raise ManifestError(
+                    f"{where}: {len(record)} fields but the header has {len(header)} "
+                    f"({', '.join(header)}); quote values that contain commas: {','.join(record)[:200]!r}"
+                )
+            rows.append(dict(zip(header, record, strict=True)))
+        return rows
     except csv.Error as exc:
         raise ManifestError(f"manifest {path!r}: malformed CSV ({exc})") from None
 
@@ -137,10 +157,16 @@ def validate_rows(rows: list[dict], path: str, base_dir: Path | None = None) -> 
             raise ManifestError(f"{where}: `caption` must be a string, got {type(caption).__name__}")
         image = image.strip()
         if "://" not in image and base_dir is not None and not os.path.isabs(image):
-            image = str((base_dir / image).resolve())
+            # a NUL byte cannot name a file: the row is kept as given and fails in source_images with the reason
+            joined = base_dir / image
+            image = str(joined) if "\x00" in image else str(joined.resolve())
         rid = row.get("id")
-        if rid is not None and not isinstance(rid, (str, int)):
+        if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool)):
             raise ManifestError(f"{where}: `id` must be a string or integer, got {type(rid).__name__}")
+        for column in ("image", "caption", "id", "source", "license"):
+            value = image if column == "image" else row.get(column)
+            if isinstance(value, str) and not _is_utf8(value):
+                raise ManifestError(f"{where}: `{column}` holds a lone surrogate (not valid Unicode): {value!r:.80}")
         # rows without ids are identified by (image, caption): COCO-style manifests repeat an image per caption
         identity = str(rid) if rid not in (None, "") else f"{image}\x1f{caption or ''}"
         if identity in seen_ids:
@@ -158,6 +184,14 @@ def validate_rows(rows: list[dict], path: str, base_dir: Path | None = None) -> 
             }
         )
     return out
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _opt_str(value: object) -> str | None:
@@ -211,38 +245,61 @@ def register_manifest(
     existing_keys: set[str] = frozenset(),
 ) -> Registration:
     """Write shard manifests to the lake (once) and return the shard keys; `new_shard_keys` are those not in
-    `existing_keys`."""
+    `existing_keys`.
+
+    Registration is atomic per name: the registration record is created first with a conditional create
+    (`Lake.create_bytes`: a hard link locally, `If-None-Match: *` on S3), so of two manifests registered at once
+    under one name exactly one wins and the other is refused. The record says `pending` until every shard manifest
+    is written, then `complete`; a registration that crashed in between simply runs again with the same data."""
     name = validate_manifest_name(name or default_manifest_name(path))
     rows = read_manifest(path)
     digest = content_hash(rows)
+    shards = split_into_shards(name, rows, shard_size)
+    keys = list(shards)
+    record = {
+        "name": name,
+        "source_path": str(path),
+        "rows": len(rows),
+        "shard_size": shard_size,
+        "content_hash": digest,
+        "shard_keys": keys,
+        "state": "pending",
+    }
     reg_path = registration_relpath(name)
-    if lake.has_bytes(reg_path):
-        record = json.loads(lake.read_bytes(reg_path))
-        if record["content_hash"] != digest or record["shard_size"] != shard_size:
+    if not lake.create_bytes(reg_path, json.dumps(record, indent=2).encode()):
+        existing = _read_record(lake, reg_path, name)
+        if existing.get("content_hash") != digest:
             raise ManifestError(
                 f"a different manifest is already registered as {name!r} "
-                f"({record['rows']} rows, shard size {record['shard_size']}); registered shards are immutable: "
-                "register the new data under another --name"
+                f"({existing.get('rows')} rows, shard size {existing.get('shard_size')}); registered shards are "
+                "immutable: register the new data under another --name"
             )
-        keys = record["shard_keys"]
-    else:
-        shards = split_into_shards(name, rows, shard_size)
-        for key, table in shards.items():
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            lake.write_bytes(shard_manifest_relpath(key), buf.getvalue())
-        keys = list(shards)
-        record = {
-            "name": name,
-            "source_path": str(path),
-            "rows": len(rows),
-            "shard_size": shard_size,
-            "content_hash": digest,
-            "shard_keys": keys,
-        }
-        # the record is written last: a crash before it leaves a registration that simply runs again
-        lake.write_bytes(reg_path, json.dumps(record, indent=2).encode())
+        if existing.get("shard_size") != shard_size:
+            raise ManifestError(
+                f"this manifest is already registered as {name!r} with shard size {existing.get('shard_size')} "
+                f"(not {shard_size}); registered shards are immutable: use --shard-size "
+                f"{existing.get('shard_size')}, or register it under another --name to split it differently"
+            )
+        if existing.get("state", "complete") == "complete":
+            keys = list(existing["shard_keys"])
+            return Registration(name, keys, [k for k in keys if k not in existing_keys], len(rows), digest)
+    # this call owns the name (or finishes a registration of the same data that was interrupted)
+    for key, table in shards.items():
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        lake.write_bytes(shard_manifest_relpath(key), buf.getvalue())
+    lake.write_bytes(reg_path, json.dumps({**record, "state": "complete"}, indent=2).encode())
     return Registration(name, keys, [k for k in keys if k not in existing_keys], len(rows), digest)
+
+
+def _read_record(lake: Lake, reg_path: str, name: str) -> dict:
+    try:
+        record = json.loads(lake.read_bytes(reg_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"the registration record of {name!r} ({reg_path}) is damaged: {exc}") from None
+    if not isinstance(record, dict):
+        raise ManifestError(f"the registration record of {name!r} ({reg_path}) is damaged")
+    return record
 
 
 def read_shard_manifest(lake: Lake, key: str) -> pa.Table:
