@@ -64,8 +64,9 @@ llm_endpoint = LLMEndpoint.from_profile(
 )
 
 stage_assets = [a for stage in STAGE_ASSETS for a in stage.assets]
-by_name = {a.key.path[-1]: a for a in stage_assets}
-shard_assets = [by_name[name] for name in SHARD_ASSETS]
+# a multi-asset (edit_candidates + metric_scores, one step) appears once
+by_name = {k.path[-1]: a for a in stage_assets for k in a.keys}
+shard_assets = list({id(a): a for a in (by_name[name] for name in SHARD_ASSETS)}.values())
 seed_assets = [a for a in stage_assets if a.partitions_def is None and a is not release_assets.release_card]
 release_card_assets = [release_assets.release_card]
 warehouse_views = lake_assets.build_warehouse_views(list(SHARD_ASSETS))
@@ -74,7 +75,8 @@ shard_pipeline_job = dg.define_asset_job(
     "shard_pipeline",
     selection=dg.AssetSelection.assets(*shard_assets),
     partitions_def=shards,
-    description="Every per-shard asset, source_images to filtered_release, for one shard.",
+    description="Every per-shard asset, source_images to filtered_release, for one shard (all steps in one process).",
+    executor_def=dg.in_process_executor,
 )
 seed_pool_job = dg.define_asset_job(
     "seed_pool",
@@ -111,6 +113,11 @@ resources = {
 inbox_sensor = build_inbox_sensor(shard_pipeline_job)
 rebuild_schedule = build_rebuild_schedule(shard_pipeline_job, [key for a in shard_assets for key in a.keys])
 
+# Every run executes its steps in one process (the in-process executor), whoever launches it: the daemon (sensors,
+# backfills, the schedule), the UI or the CLI. The default multiprocess executor starts one process per step, each
+# importing dagster, torch, diffusers and dbt again (60-80 s per step on a busy 2-core machine): a one-shard cascade
+# launched by the daemon took ~10x as long as `ultraedit materialize`. In one process the imports and the model loads
+# are paid once per run. Parallelism comes from running several runs at once (max_concurrent_runs, the `gpu` pool).
 defs = dg.Definitions(
     assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_assets.assets, *release_card_assets],
     asset_checks=[c for stage in STAGE_CHECKS for c in stage.asset_checks],
@@ -118,4 +125,5 @@ defs = dg.Definitions(
     sensors=[inbox_sensor, automation_sensor],
     schedules=[rebuild_schedule],
     resources=resources,
+    executor=dg.in_process_executor,
 )

@@ -255,7 +255,7 @@ def test_simulated_oom_halves_the_batch_then_fails_rows(pipe, monkeypatch):
 
     monkeypatch.setattr(gen2, "run_batch", never_fits)
     res = gen2.generate(reqs[:3])
-    assert sizes == [3, 2, 1]
+    assert sizes == [3, 2, 1, 1, 1]  # halved down to single pairs before a row fails
     assert all(not r.ok and "out of memory" in r.error for r in res)
 
     def other_error(batch, control=True, targets_only=False):
@@ -264,3 +264,45 @@ def test_simulated_oom_halves_the_batch_then_fails_rows(pipe, monkeypatch):
     monkeypatch.setattr(gen2, "run_batch", other_error)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # only OOM is retried
         gen2.generate(reqs[:1])
+
+
+def test_oom_at_8_that_fits_at_2_generates_every_row_with_the_failed_tensors_freed(pipe, monkeypatch):
+    """docs/method.md §8: the recovery runs after the `except` block (the failed attempt's tensors are unreachable
+    during the retry) and keeps halving, 8 -> 4 -> 2, instead of failing rows after one halving."""
+    import weakref
+
+    gen = PairGenerator(pipe, batch_size=8)
+    params = CandidateParams(seed=1, steps=3, strength=0.6, guidance=0.5, p=0.5)
+    reqs = [_req(f"u{i}", _image(), params) for i in range(8)]
+    sizes: list[int] = []
+    failed_attempts: list[weakref.ref] = []
+    alive_during_retry: list[bool] = []
+
+    def fits_two(batch, control=True, targets_only=False):
+        alive_during_retry.append(any(ref() is not None for ref in failed_attempts))
+        sizes.append(len(batch))
+        activations = torch.empty(len(batch), 4, 16, 16)  # what the attempt holds when it runs out of memory
+        if len(batch) > 2:
+            failed_attempts.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.rand(len(batch), 3, 64, 64), torch.rand(len(batch), 3, 64, 64)
+
+    monkeypatch.setattr(gen, "run_batch", fits_two)
+    res = gen.generate(reqs)
+    assert sizes == [8, 4, 2, 2, 4, 2, 2]
+    assert all(r.ok for r in res) and [r.uid for r in res] == [r.uid for r in reqs]
+    assert gen.batch_size == 2 and gen.stats.oom_retries == 3
+    assert failed_attempts and not any(alive_during_retry)
+
+
+def test_vae_encoding_is_cached_per_image_across_batches(pipe):
+    gen = PairGenerator(pipe, batch_size=2)
+    params = CandidateParams(seed=1, steps=3, strength=0.6, guidance=0.5, p=0.5)
+    image = _image()
+    reqs = [dataclasses.replace(_req(f"u{i}", image, params), image_key="img-a") for i in range(4)]
+    gen.generate(reqs[:2])
+    gen.generate(reqs[2:])  # a later round of the same image: no new encoding
+    assert gen.vae_encodings == 1
+    gen.forget_images(["img-a"])
+    gen.generate(reqs[:1])
+    assert gen.vae_encodings == 2

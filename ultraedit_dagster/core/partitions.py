@@ -7,7 +7,7 @@ the lake (`shard=<key>`), so anything else is refused before it can reach a path
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -96,6 +96,47 @@ def materialize_each_shard(
     first = next(iter(failed.values()))
     raise dg.Failure(
         description=f"{len(failed)} of {len(keys)} shards failed: "
+        + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
+        metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
+    ) from first
+
+
+def materialize_each_shard_multi(
+    context: dg.AssetExecutionContext, keys: list[str], build: Callable[[str], Mapping[str, Mapping[str, Any]]]
+) -> Iterator[dg.MaterializeResult]:
+    """`materialize_each_shard` for a multi-asset that writes several assets per shard (the fused generate-and-score
+    step writes `edit_candidates` and `metric_scores`): `build(shard)` writes every asset's file of that shard and
+    returns {asset name: metadata}. Yields one MaterializeResult per asset; for a range each shard of each asset gets
+    its own materialization and metadata, and a failing shard fails the step after the others are recorded."""
+    asset_keys = [dg.AssetKey(k) for k in keys]
+    shard_keys = list(context.partition_keys)
+    if len(shard_keys) == 1:
+        metadata = build(shard_keys[0])
+        for key in asset_keys:
+            yield dg.MaterializeResult(asset_key=key, metadata=dict(metadata[key.path[-1]]))
+        return
+    done: dict[str, Mapping[str, Mapping[str, Any]]] = {}
+    failed: dict[str, BaseException] = {}
+    for i, shard in enumerate(shard_keys, 1):
+        context.log.info(f"shard {i}/{len(shard_keys)}: {shard}")
+        try:
+            done[shard] = build(shard)
+        except Exception as exc:  # noqa: BLE001 - isolated per shard, reported below
+            context.log.error(f"shard {shard} failed: {type(exc).__name__}: {exc}")
+            failed[shard] = exc
+    if not failed:
+        for shard, metadata in done.items():
+            for key in asset_keys:
+                context.add_asset_metadata(dict(metadata[key.path[-1]]), asset_key=key, partition_key=shard)
+        for key in asset_keys:
+            yield dg.MaterializeResult(asset_key=key)
+        return
+    for shard, metadata in done.items():
+        for key in asset_keys:
+            context.log_event(dg.AssetMaterialization(key, partition=shard, metadata=dict(metadata[key.path[-1]])))
+    first = next(iter(failed.values()))
+    raise dg.Failure(
+        description=f"{len(failed)} of {len(shard_keys)} shards failed: "
         + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
         metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
     ) from first

@@ -79,6 +79,32 @@ class SelectionRule:
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """How a triplet's candidates are generated and which images the lake keeps (docs/method.md §8).
+
+    Candidates are generated `round_size` at a time per triplet, batched across the unfinished triplets of a shard,
+    and scored in memory right after generation. `policy`: `exhaustive` generates all N (the published behaviour);
+    `early` stops a triplet once it has as many passing candidates as its selection keeps (free-form top k, region
+    max(top k, min passing)) and `extra_rounds` more rounds have run (they can still raise the kept candidates'
+    clip_sim_dir), or when all N are generated. `max_active_triplets` bounds the triplets in flight (memory);
+    `audit_fraction` of the other generated candidates keep their images too, chosen from the candidate uid."""
+
+    round_size: int = 10
+    policy: str = "early"  # or "exhaustive"
+    extra_rounds: int = 1
+    max_active_triplets: int = 64
+    audit_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("exhaustive", "early"):
+            raise ValueError(f"unknown stopping policy {self.policy!r}: 'exhaustive' or 'early'")
+        if self.round_size < 1 or self.extra_rounds < 0 or self.max_active_triplets < 1:
+            raise ValueError("round_size and max_active_triplets must be >= 1, extra_rounds >= 0")
+        if not 0.0 <= self.audit_fraction <= 1.0:
+            raise ValueError("audit_fraction must be within [0, 1]")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     # models: "tiny" builds seeded random models from small configs; otherwise hub ids or local paths
@@ -106,6 +132,7 @@ class Profile:
     region: RegionGen = field(default_factory=RegionGen)
     region_masking: RegionMasking = field(default_factory=RegionMasking)
     selection: SelectionRule = field(default_factory=SelectionRule)
+    rounds: Rounds = field(default_factory=Rounds)
     free_form_thresholds: Thresholds = field(
         default_factory=lambda: Thresholds(0.75, 0.22, 0.2, 0.2, 0.4, "UltraEdit free-form (docs/method.md §5)")
     )

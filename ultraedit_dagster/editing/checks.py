@@ -1,4 +1,6 @@
-"""Checks on `edit_candidates`: row integrity (SQL in an in-memory DuckDB, values bound) and the failure rate."""
+"""Checks on `edit_candidates`: row integrity (SQL in an in-memory DuckDB, values bound) and the failure rate.
+
+`edit_candidates` is one of the two assets of the fused generate-and-score multi-asset, so the checks target its key."""
 
 import dagster as dg
 import duckdb
@@ -17,10 +19,19 @@ INTEGRITY_SQL = {
     "ok_with_error_or_failed_without": (
         "SELECT count(*) FROM t WHERE (status = 'ok' AND error IS NOT NULL) OR (status = 'failed' AND error IS NULL)"
     ),
-    "ok_without_images": (
-        "SELECT count(*) FROM t WHERE status = 'ok' "
+    # images exist exactly where `image_kept` says why (docs/method.md §8): selected / selectable / audit
+    "kept_without_images": (
+        "SELECT count(*) FROM t WHERE image_kept IS NOT NULL "
         "AND (coalesce(source_image, 0) = 0 OR coalesce(target_image, 0) = 0)"
     ),
+    "images_without_reason": (
+        "SELECT count(*) FROM t WHERE image_kept IS NULL AND (source_image IS NOT NULL OR target_image IS NOT NULL)"
+    ),
+    "selected_without_images": (
+        "SELECT count(*) FROM t WHERE outcome = 'selected' AND image_kept IS DISTINCT FROM 'selected'"
+    ),
+    "failed_with_images": "SELECT count(*) FROM t WHERE status = 'failed' AND image_kept IS NOT NULL",
+    "missing_outcome": "SELECT count(*) FROM t WHERE outcome IS NULL",
     "region_ok_without_mask": "SELECT count(*) FROM t WHERE status = 'ok' AND mode = 'region' AND mask_image IS NULL",
     "free_form_with_mask": "SELECT count(*) FROM t WHERE mode = 'free_form' AND mask_image IS NOT NULL",
     "no_denoising_step": "SELECT count(*) FROM t WHERE status = 'ok' AND floor(steps * strength + 1e-9) < 1",
@@ -28,7 +39,7 @@ INTEGRITY_SQL = {
     "duplicate_candidate_uid": "SELECT count(*) - count(DISTINCT candidate_uid) FROM t",
     "wrong_shard": "SELECT count(*) FROM t WHERE shard IS DISTINCT FROM ?",
 }
-SCALARS = ["candidate_uid", "shard", "mode", "status", "error", "steps", "strength", "p"]
+SCALARS = ["candidate_uid", "shard", "mode", "status", "error", "steps", "strength", "p", "outcome", "image_kept"]
 IMAGES = ["source_image", "target_image", "mask_image"]
 
 
@@ -52,7 +63,8 @@ def _connection(lake: LakeResource, shard: str) -> duckdb.DuckDBPyConnection:
 @dg.asset_check(
     asset=edit_candidates,
     blocking=True,
-    description="Statuses and errors agree, ok rows have both images, region rows their mask, "
+    description="Statuses and errors agree, images exist exactly on rows kept for a reason (selected, selectable, "
+    "audit) and every selected row has them, every row has an outcome, region rows their mask, "
     "steps x strength >= 1, p in [0, 1], unique candidate uids.",
 )
 def edit_candidates_integrity(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:

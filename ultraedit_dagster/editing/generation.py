@@ -31,6 +31,8 @@ batched.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -110,6 +112,7 @@ class PairResult:
     source: Image.Image | None = None
     target: Image.Image | None = None
     error: str | None = None
+    seconds: float = 0.0  # this pair's share of its batch's generation time
 
     @property
     def ok(self) -> bool:
@@ -166,6 +169,9 @@ class PairGenerator:
         self.recorder: Recorder | None = None  # tests: capture attention probabilities
         self.last_latents: torch.Tensor | None = None
         self.last_real_latents: torch.Tensor | None = None
+        # VAE encodings per (image key, size), kept across batches and rounds until `forget_images` (docs/method.md §8)
+        self.latent_cache: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
+        self.vae_encodings = 0
 
     @property
     def device(self) -> torch.device:
@@ -213,34 +219,44 @@ class PairGenerator:
     # -- OOM handling --------------------------------------------------------------------------------------------
 
     def _run_with_retry(self, batch: list[PairRequest]) -> list[PairResult]:
-        try:
-            return self._run_checked(batch)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            self._free_memory()
-            if len(batch) == 1:
-                return [PairResult(r.uid, error=f"out of memory at batch size 1: {exc}"[:500]) for r in batch]
-            half = math.ceil(len(batch) / 2)
+        """Run a batch; on out-of-memory split it in halves and run those, down to single pairs (docs/method.md §8).
+
+        The recovery runs *after* the `except` block: inside it the exception's traceback keeps the failed
+        attempt's frames, and with them its activations, alive, so a retry there would run next to the tensors that
+        did not fit. Later batches start at the size that last worked."""
+        pending: list[list[PairRequest]] = [batch]
+        out: list[PairResult] = []
+        while pending:
+            chunk = pending.pop(0)
+            reason = None
+            try:
+                out += self._run_checked(chunk)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+            if reason is None:
+                continue
+            self._free_memory()  # the failed attempt's tensors are unreachable now
+            if len(chunk) == 1:
+                out.append(PairResult(chunk[0].uid, error=f"out of memory at batch size 1: {reason}"[:500]))
+                continue
+            half = math.ceil(len(chunk) / 2)
             self.stats.oom_retries += 1
-            self.batch_size = max(1, min(self.batch_size, half))  # later batches start at the smaller size
-            out: list[PairResult] = []
-            for chunk in (batch[:half], batch[half:]):
-                try:
-                    out += self._run_checked(chunk)
-                except Exception as exc2:
-                    if not is_oom(exc2):
-                        raise
-                    self._free_memory()
-                    out += [
-                        PairResult(r.uid, error=f"out of memory (batch of {len(batch)}, retried at {len(chunk)})")
-                        for r in chunk
-                    ]
-            return out
+            self.batch_size = max(1, min(self.batch_size, half))
+            pending[0:0] = [chunk[:half], chunk[half:]]
+        return out
 
     def _free_memory(self) -> None:
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def forget_images(self, keys) -> None:
+        """Drop the cached VAE encodings of these image keys (their triplets are done)."""
+        keys = set(keys)
+        for k in [k for k in self.latent_cache if k[0] in keys]:
+            del self.latent_cache[k]
 
     def _run_checked(self, batch: list[PairRequest]) -> list[PairResult]:
         t0 = time.perf_counter()
@@ -254,7 +270,10 @@ class PairGenerator:
                 out.append(PairResult(req.uid, error=err))
             else:
                 out.append(PairResult(req.uid, source=_to_pil(src[i]), target=_to_pil(tgt[i])))
-        self.stats.seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.stats.seconds += seconds
+        for res in out:
+            res.seconds = seconds / len(out)
         return out
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -337,7 +356,7 @@ class PairGenerator:
             if self.refine:
                 refine = [self._refine(r.source_caption, r.target_caption) for r in batch]
             ctrl = P2PController(
-                n, groups, num_run, [r.params.p for r in batch], refine, self.p2p, recorder=self.recorder
+                n, groups, num_run, [r.params.p for r in batch], refine, self.p2p, recorder=self.recorder, device=device
             )
         self.slot.controller = ctrl
         try:
@@ -400,17 +419,23 @@ class PairGenerator:
         return refine_mapping(ids(source), ids(target), max_length=length)
 
     def _encode_images(self, batch: Sequence[PairRequest]) -> torch.Tensor:
+        """[n, 4, h, w] latents; a request with an `image_key` reuses that image's encoding from earlier batches."""
         vae = self.pipe.vae
-        cache: dict[str, torch.Tensor] = {}
+        local: dict[str, torch.Tensor] = {}
         out = []
         for i, r in enumerate(batch):
-            key = r.image_key or f"#{i}"
+            if r.image_key:  # the content digest guards against two different images under one key
+                digest = hashlib.blake2b(r.image.tobytes(), digest_size=16).hexdigest()
+                cache, key = self.latent_cache, (r.image_key, r.image.size, digest)
+            else:
+                cache, key = local, f"#{i}"
             if key not in cache:
                 arr = np.asarray(r.image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # [H, W, 3] in [-1, 1]
                 x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(self.device, vae.dtype)  # [1, 3, H, W]
                 lat = vae.encode(x).latent_dist.mean  # [1, 4, h, w]
                 shift = getattr(vae.config, "shift_factor", None) or 0.0
                 cache[key] = ((lat - shift) * vae.config.scaling_factor).float()
+                self.vae_encodings += 1
             out.append(cache[key])
         return torch.cat(out)
 

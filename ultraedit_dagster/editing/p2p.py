@@ -83,6 +83,7 @@ class P2PController:
         refine: Sequence[RefineMapping | None] | None = None,
         config: P2PConfig = P2PConfig(),
         recorder: Recorder | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         if groups not in (1, 2):
             raise ValueError("groups must be 1 (no CFG) or 2 (CFG: [uncond, cond])")
@@ -108,9 +109,28 @@ class P2PController:
         self.alphas = torch.stack(
             [torch.as_tensor(r.alphas if r is not None else [0.0] * length, dtype=torch.float32) for r in refine]
         )  # [n, M]
+        # Everything the controlled attention calls read lives on the UNet's device, built once here and once per
+        # step in `begin_step`: no host-to-device copy inside the hundreds of attention calls of a UNet pass
+        # (docs/method.md §8).
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.mapper = self.mapper.to(self.device)
+        self._alphas_by_dtype: dict[torch.dtype, torch.Tensor] = {torch.float32: self.alphas.to(self.device)}
+        self._self_now: torch.Tensor | None = None
+        self._cross_now: torch.Tensor | None = None
+        self.begin_step(0)
 
     def begin_step(self, step: int) -> None:
         self.step = step
+        # host-side decisions (no device sync), then the per-pair masks moved to the device once for the step
+        self_now = self.self_steps > step
+        cross_now = self.cross_steps > step
+        self._self_now = self_now.to(self.device) if bool(self_now.any()) else None
+        self._cross_now = cross_now.to(self.device) if bool(cross_now.any()) else None
+
+    def _alphas(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._alphas_by_dtype:
+            self._alphas_by_dtype[dtype] = self._alphas_by_dtype[torch.float32].to(dtype)
+        return self._alphas_by_dtype[dtype]
 
     # -- which pairs are controlled now ---------------------------------------------------------------------------
 
@@ -123,14 +143,12 @@ class P2PController:
             return None
         if self.config.self_max_tokens is not None and query_len > self.config.self_max_tokens:
             return None
-        active = self.self_steps > self.step
-        return active if bool(active.any()) else None
+        return self._self_now
 
     def cross_active(self, name: str) -> torch.Tensor | None:
         if not self._layer_selected(name):
             return None
-        active = self.cross_steps > self.step
-        return active if bool(active.any()) else None
+        return self._cross_now
 
     # -- the edits --------------------------------------------------------------------------------------------------
 
@@ -154,8 +172,8 @@ class P2PController:
         assert b == g * 2 * n, f"batch {b} != groups {g} * 2 * pairs {n}"
         view = probs.view(g, 2, n, h, nq, m)
         src, tgt = view[:, 0], view[:, 1]  # [G, n, H, N, M]
-        mapper = self.mapper.to(probs.device)  # [n, M]: target position j reads source position mapper[i, j]
-        alphas = self.alphas.to(probs.device, probs.dtype)  # [n, M]
+        mapper = self.mapper  # [n, M] on the device: target position j reads source position mapper[i, j]
+        alphas = self._alphas(probs.dtype)  # [n, M]
         index = mapper.view(1, n, 1, 1, m).expand(g, n, h, nq, m)
         src_mapped = torch.gather(src, dim=-1, index=index)  # [G, n, H, N, M]: src[..., mapper[i, j]]
         a = alphas.view(1, n, 1, 1, m)

@@ -1,9 +1,8 @@
 """Edit-candidate rows (docs/method.md §3-4): candidate source/target image pairs per edit triplet (free-form and
 region). The schema and Dagster-free row building; the editor comes in as an argument.
 
-Rows are streamed: instructions (text only) are indexed by image, source images are read a few at a time, and the
-candidates of several images are generated together (the editor batches across triplets, grouped by the schedule
-they share) and written as row groups as soon as they are done.
+Rows are produced by the fused generate-and-score step (`rounds`, docs/method.md §8): every generated candidate has a
+row (parameters, round, typed outcome), but image bytes only where `image_kept` says why (selected, selectable, audit).
 
 `source_mode = real` (profile FreeFormGen): the stored source image is the real photo, not the regenerated one. The
 target is still generated under P2P from the regenerated source (that is what its attention follows). Trade-off: the
@@ -13,23 +12,17 @@ difference between source and target, and CLIP-image / DINO / SSIM scores drop a
 regenerated sources (docs/method.md §3). Free-form only: region rows keep the regenerated source.
 """
 
-import time
+import os
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from PIL import Image
 
 from ultraedit_dagster.core.ids import make_uid
-from ultraedit_dagster.core.imaging import decode_png, encode_png
-from ultraedit_dagster.core.rows import mark_failed, source_images_of
-from ultraedit_dagster.editing.generation import FREE_FORM, REGION, PairRequest, draw_params, load_mask
+from ultraedit_dagster.core.rows import mark_failed
+from ultraedit_dagster.editing.generation import REGION
 
 ASSET = "edit_candidates"
-IMAGE_BATCH = 8  # source images read per lake batch
-PREVIEW_PAIRS = 4
 
 EDIT_CANDIDATES_SCHEMA = pa.schema(
     [
@@ -57,6 +50,9 @@ EDIT_CANDIDATES_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("profile", pa.string()),
+        ("round", pa.int64()),
+        ("outcome", pa.string()),
+        ("image_kept", pa.string()),  # selected / selectable / audit; null: the images were not kept
     ]
 )
 
@@ -90,31 +86,10 @@ def fail(row: dict, error: str) -> dict:
     return mark_failed(row, error, clear=("source_image", "target_image"))
 
 
-@dataclass
-class GenerationStats:
-    generated: int = 0
-    seconds: float = 0.0
-    oom_retries: int = 0
-
-
-def candidate_batches(
-    lake: Any,
-    shard: str,
-    *,
-    profile: Any,
-    global_seed: int,
-    editor: Any,
-    stats: GenerationStats,
-    preview_pairs: int = PREVIEW_PAIRS,
-) -> Iterator[tuple[list[dict], list[Image.Image]]]:
-    """The shard's `edit_candidates` rows, a batch at a time, with preview images (source, target, ...) of the first
-    `preview_pairs` ok pairs.
-    Instructions (text only) are indexed by image, source images are read a few at a time, and the candidates of
-    several images are generated together; failed upstream rows, missing masks and unusable images give failed
-    rows with the reason. `stats` receives the generation counts and seconds."""
-    editor_id = editor.editor_id
-    ff, rg = profile.free_form, profile.region
-    source_real = ff.source_mode == "real"
+def load_work(lake: Any, shard: str, profile: Any, editor_id: str) -> tuple[list[dict], dict[str, list[dict]], dict]:
+    """What the shard asks for: (failed rows for instructions that cannot be generated, with the reason; the
+    generatable instructions by image uid; the region_masks rows by instruction uid). Failed upstream rows, region
+    instructions without a usable mask and a region_masks shard not yet materialized give failed rows."""
     failed_upstream: list[dict] = []
     instructions: dict[str, list[dict]] = defaultdict(list)
     cols = [
@@ -137,7 +112,6 @@ def candidate_batches(
             else:
                 instructions[ins["image_uid"]].append(ins)
 
-    # region masks: the soft mask per region instruction
     masks: dict[str, dict] = {}
     has_masks = lake.exists("region_masks", shard)
     if has_masks:
@@ -163,99 +137,14 @@ def candidate_batches(
                 continue
             failed_upstream.append(fail(base_row(ins, shard, profile.name, editor_id), err))
         instructions[uid] = keep
-    if failed_upstream:
-        yield failed_upstream, []
+    return failed_upstream, instructions, masks
 
-    wanted = [uid for uid, ins_list in instructions.items() if ins_list]
-    if not wanted:
-        return
-    gen = editor.generator()
-    requests: list[PairRequest] = []
-    meta: dict[str, dict] = {}  # candidate uid -> its row (images filled after generation)
-    flush_at = max(64, 4 * editor.batch_size)
-    previews_left = 2 * preview_pairs
 
-    def flush() -> tuple[list[dict], list[Image.Image]]:
-        nonlocal previews_left
-        t0 = time.perf_counter()
-        results = gen.generate(requests)
-        stats.seconds += time.perf_counter() - t0
-        stats.generated += len(results)
-        stats.oom_retries = gen.stats.oom_retries
-        out, preview = [], []
-        for req, res in zip(requests, results, strict=True):
-            row = meta.pop(req.uid)
-            if not res.ok:
-                out.append(fail(row, f"edit_candidates: {res.error}"))
-                continue
-            if not row["source_is_real"]:
-                row["source_image"] = encode_png(res.source)
-            row["target_image"] = encode_png(res.target)
-            out.append(row)
-            if previews_left > 0:
-                preview.extend([res.source if not row["source_is_real"] else req.image, res.target])
-                previews_left -= 2
-        requests.clear()
-        return out, preview
+def shard_bytes(lake: Any, asset: str, shard: str) -> int:
+    """The size in bytes of one shard file of the lake (local file or S3 object)."""
+    from ultraedit_dagster.lake.store import shard_relpath
 
-    for source in source_images_of(lake, shard, wanted, batch_size=IMAGE_BATCH):
-        if source.error:
-            yield (
-                [fail(base_row(i, shard, profile.name, editor_id), source.error) for i in instructions[source.uid]],
-                [],
-            )
-            continue
-        image = source.image
-        for ins in instructions[source.uid]:
-            region = ins["mode"] == REGION
-            settings = rg if region else ff
-            mask = mask_png = None
-            soft_value = None
-            if region:
-                m = masks[ins["instruction_uid"]]
-                mask_png, soft_value = m["soft_mask"], m["soft_value"]
-                try:
-                    mask = load_mask(decode_png(mask_png), image.size[0])
-                except Exception as exc:  # noqa: BLE001
-                    yield (
-                        [
-                            fail(
-                                base_row(ins, shard, profile.name, editor_id),
-                                f"region_masks: undecodable soft mask: {exc}",
-                            )
-                        ],
-                        [],
-                    )
-                    continue
-            for k in range(settings.candidates_per_triplet):
-                row = base_row(ins, shard, profile.name, editor_id, k)
-                params = draw_params(global_seed, row["candidate_uid"], ins["mode"], settings)
-                row.update(
-                    seed=params.seed,
-                    p=params.p,
-                    steps=params.steps,
-                    strength=params.strength,
-                    guidance=params.guidance,
-                    soft_value=soft_value,
-                    mask_image=mask_png,
-                )
-                if source_real and not region:
-                    row["source_is_real"] = True
-                    row["source_image"] = source.png
-                meta[row["candidate_uid"]] = row
-                requests.append(
-                    PairRequest(
-                        uid=row["candidate_uid"],
-                        mode=REGION if region else FREE_FORM,
-                        image=image,
-                        source_caption=ins["source_caption"],
-                        target_caption=ins["target_caption"],
-                        params=params,
-                        mask=mask,
-                        image_key=source.uid,
-                    )
-                )
-        if len(requests) >= flush_at:
-            yield flush()
-    if requests:
-        yield flush()
+    relpath = shard_relpath(asset, shard)
+    if lake.is_s3:
+        return int(lake.s3_client.head_object(Bucket=lake.bucket, Key=lake._key(relpath))["ContentLength"])
+    return os.path.getsize(os.path.join(lake.root, relpath))

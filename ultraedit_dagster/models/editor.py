@@ -273,19 +273,37 @@ def build_tiny_sd15(seed: int = 0):
 # -- loading ---------------------------------------------------------------------------------------------------------
 
 
+def dtype_kwarg() -> str:
+    """The keyword this diffusers takes for the weights' dtype. Every version pyproject allows (>= 0.32) honours
+    `torch_dtype`; newer ones renamed it `dtype` (and deprecate `torch_dtype`), while older ones silently ignore an
+    unknown `dtype=` and load fp32, which is the bug this guards against (docs/method.md §8)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present once `dtype` is honoured
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def load_pretrained(model: str, dtype: torch.dtype = torch.float32, **kwargs: Any):
     """Load an SDXL-family or SD 1.5 checkpoint (hub id or local folder) as an img2img pipeline.
 
-    This is the one code path for real checkpoints; the tests load a saved tiny pipeline through it too.
+    This is the one code path for real checkpoints; the tests load a saved tiny pipeline through it too. Half
+    precision asks for the checkpoint's `fp16` weight variant first (half the download and load time), and falls back
+    to the full weights, cast on load, when the checkpoint has none.
     """
     from diffusers import AutoPipelineForImage2Image
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {dtype_kwarg(): dtype}
     if Path(model).is_dir():
         index = Path(model) / "model_index.json"
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             extra.update(safety_checker=None, requires_safety_checker=False)
-    return AutoPipelineForImage2Image.from_pretrained(model, dtype=dtype, **extra, **kwargs)
+    if dtype == torch.float16 and "variant" not in kwargs:
+        try:
+            return AutoPipelineForImage2Image.from_pretrained(model, variant="fp16", **extra, **kwargs)
+        except (OSError, ValueError):
+            pass  # no fp16 variant files: load the full weights in half precision
+    return AutoPipelineForImage2Image.from_pretrained(model, **extra, **kwargs)
 
 
 def backend_of(pipe) -> str:

@@ -1,5 +1,12 @@
 """Building `metric_scores` rows from `edit_candidates` rows (pure: no Dagster). The scorer is anything with a
-`score(sources, targets, source_captions, target_captions)` method (resources.scorer.ScorerResource)."""
+`score(sources, targets, source_captions, target_captions)` method (resources.scorer.ScorerResource).
+
+The fused generate-and-score step (docs/method.md §8) passes the generated pixels in memory (`images=`), so nothing is
+PNG-encoded just to be decoded again; the pixels are the ones a stored PNG would hold (PNG is lossless), so the scores
+are the same either way. Besides the metrics every row has the candidate's typed `outcome` (docs/method.md §5), the
+generation `round`, and its generation work in UNet row-steps (2 rows, 4 with CFG, times the denoising steps run): a
+deterministic cost, so a re-run stays byte-identical; measured model seconds per shard are in the step's metadata
+(docs/method.md §8)."""
 
 from __future__ import annotations
 
@@ -24,6 +31,11 @@ METRIC_SCORES_SCHEMA = pa.schema(
     + [
         (c, pa.string())
         for c in ("thresholds", "clip_model_id", "dinov2_model_id", "scorer_input_sizes", "status", "error", "profile")
+    ]
+    + [
+        ("outcome", pa.string()),
+        ("round", pa.int64()),
+        ("unet_row_steps", pa.int64()),
     ]
 )
 CANDIDATE_COLUMNS = [
@@ -56,11 +68,24 @@ def thresholds_text(t: Any) -> str:
     return ", ".join(f"{m}>={getattr(t, m)}" for m in THRESHOLD_METRICS)
 
 
+def first_failed_threshold(row: Mapping[str, Any]) -> str | None:
+    """The first thresholded metric (docs/method.md §5 order) whose pass flag is false, or None when all pass."""
+    for m in THRESHOLD_METRICS:
+        if not row.get(f"pass_{m}"):
+            return m
+    return None
+
+
 def score_rows(
-    rows: Sequence[Mapping[str, Any]], scorer: Any, profile: Any, ids: Mapping[str, str]
+    rows: Sequence[Mapping[str, Any]],
+    scorer: Any,
+    profile: Any,
+    ids: Mapping[str, str],
+    images: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """metric_scores rows for a batch of edit_candidates rows (same order). `ids`: clip_model_id,
-    dinov2_model_id, scorer_input_sizes."""
+    dinov2_model_id, scorer_input_sizes. `images`: per row the (source, target) uint8 HxWx3 pixels already in memory
+    (the fused step); without it they are decoded from the rows' PNG bytes."""
     out: list[dict[str, Any]] = []
     todo: list[tuple[int, np.ndarray, np.ndarray]] = []
     for i, row in enumerate(rows):
@@ -84,8 +109,13 @@ def score_rows(
             mark_failed(base, upstream_error(row.get("error")))
             continue
         try:
-            src = np.asarray(decode_png(row["source_image"]).convert("RGB"))
-            tgt = np.asarray(decode_png(row["target_image"]).convert("RGB"))
+            if images is not None:
+                if images[i] is None:
+                    raise ValueError("no images for an ok candidate")
+                src, tgt = images[i]
+            else:
+                src = np.asarray(decode_png(row["source_image"]).convert("RGB"))
+                tgt = np.asarray(decode_png(row["target_image"]).convert("RGB"))
         except Exception as exc:
             mark_failed(base, f"metric_scores: cannot decode images: {type(exc).__name__}: {exc}")
             continue
