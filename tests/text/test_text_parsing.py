@@ -112,9 +112,10 @@ def test_validate_rules():
     assert validate_triplet(Triplet(CAP, "", T1[2]), CAP).reason == "empty part"
     long = " ".join(["word"] * 61)
     assert "longer than 60" in validate_triplet(Triplet(CAP, "x", long), CAP).reason
-    # the model rewrote the caption: the caption that was sent is used and it is recorded
+    # the model rewrote the caption: rejected (it used to be repaired with the sent caption, which let off-topic
+    # answers through as ok triplets)
     v = validate_triplet(Triplet("A dog on a porch.", T1[1], T1[2]), CAP)
-    assert v.triplet.source == CAP and v.source_replaced
+    assert v.triplet is None and v.reason == "source caption differs from the caption sent"
     assert validate_triplet(Triplet(CAP, T1[1], CAP + " "), CAP).triplet is None
 
 

@@ -33,6 +33,8 @@ _BLOCK_LABEL = re.compile(
 )
 _TRAILING_NOTE = re.compile(r"\s*[\(\[](?:note|this|here|changed|edit|explanation|reason)\b[^\)\]]*[\)\]]\s*$", re.I)
 _QUOTES = "\"'`“”‘’«»"
+# single-marker markdown emphasis around words: *make it night*, _make it night_ (not snake_case or 2*3)
+_EMPHASIS = re.compile(r"(?<![\w*])[*_](?=\S)([^*_]*?\S)[*_](?![\w*])")
 _IMPERATIVE = frozenset(
     """add put place insert include replace swap substitute exchange make turn change transform convert render paint
     color colour dye recolor recolour remove delete erase take get clear move shift flip mirror rotate zoom crop show
@@ -69,6 +71,7 @@ def word_count(text: str) -> int:
 def _clean_part(part: str) -> str:
     p = part.strip()
     p = p.replace("**", "").replace("__", "").strip()
+    p = _EMPHASIS.sub(r"\1", p)
     p = _LABEL.sub("", p, count=1).strip()
     # strip a matching or dangling quote pair around the part
     while len(p) >= 1 and p[0] in _QUOTES and (p[-1] in _QUOTES or p.count(p[0]) == 1):
@@ -166,34 +169,89 @@ def parse_triplets(text: str, sent_caption: str | None = None) -> ParseResult:
 @dataclass(frozen=True)
 class Validated:
     triplet: Triplet | None
-    reason: str = ""  # why it was rejected (triplet is None) or what was repaired
-    source_replaced: bool = False
+    reason: str = ""  # why it was rejected (triplet is None)
+    source_replaced: bool = False  # kept for the schema: a differing source is now rejected, never replaced
 
 
-def validate_triplet(t: Triplet, sent_caption: str | None = None, max_words: int = MAX_CAPTION_WORDS) -> Validated:
-    """Apply the dataset rules; returns the (possibly repaired) triplet or None with the reason.
+@dataclass(frozen=True)
+class PromptEchoes:
+    """What the prompt showed the model (docs/method.md §1): an answer that copies it is not a new edit."""
 
-    Rules: three non-empty parts; instruction non-empty; each caption ≤ `max_words` whitespace words; target differs
-    from source after normalising case and trailing punctuation; when `sent_caption` is given and the source part
-    does not match it, the sent caption is used instead and `source_replaced` is set.
+    instructions: frozenset[str] = frozenset()  # instruction keys of the listed and example instructions
+    captions: frozenset[str] = frozenset()  # normalised source and target captions of the example triplets
+
+    @classmethod
+    def of(cls, instructions: list[str], examples: list[tuple[str, str, str]]) -> PromptEchoes:
+        keys = {instruction_key(i) for i in instructions} | {instruction_key(e[1]) for e in examples}
+        caps = {normalize_caption(e[0]) for e in examples} | {normalize_caption(e[2]) for e in examples}
+        return cls(frozenset(keys), frozenset(caps))
+
+
+# A refusal or an answer that obeyed an injected instruction, in any part of the triplet.
+_REFUSAL = re.compile(
+    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no)?t (?:help|do|assist|comply|provide|create|write)|"
+    r"i cannot|i won'?t|i'?m unable|i am unable|as an ai|as a language model|(?:ignor|disregard)(?:e|ing) "
+    r"(?:all |the )?(?:previous|prior|above) instructions|here is a (?:poem|story|song))\b",
+    re.I,
+)
+# Minimal edit: the target keeps at least this share of the source's content words (and at least one), and adds
+# at most max(MAX_ADDED_WORDS, number of source content words) new ones. The human seed pool's smallest share is
+# 0.25 ("A boy waving his hand." -> "A boy jumping in the air."); its largest addition is 4 words.
+MIN_KEPT_SHARE = 0.2
+MAX_ADDED_WORDS = 8
+
+
+def edit_size_problem(source: str, target: str) -> str:
+    """Why `target` is not a minimal edit of `source` (content words kept and added), or ''."""
+    src, tgt = content_tokens(source), content_tokens(target)
+    if not src:
+        return ""
+    kept = len(src & tgt)
+    if kept == 0 or kept / len(src) < MIN_KEPT_SHARE:
+        return f"target is not an edit of the source (keeps {kept} of {len(src)} content words)"
+    added = len(tgt - src)
+    if added > max(MAX_ADDED_WORDS, len(src)):
+        return f"target rewrites the source ({added} new content words)"
+    return ""
+
+
+def validate_triplet(
+    t: Triplet,
+    sent_caption: str | None = None,
+    max_words: int = MAX_CAPTION_WORDS,
+    echoes: PromptEchoes | None = None,
+) -> Validated:
+    """Apply the dataset rules; returns the triplet or None with the reason (docs/method.md §1).
+
+    Rules: three non-empty parts; no refusal or obeyed injection; the source part matches the caption that was sent
+    (after normalising case, spaces, quotes and trailing punctuation); each caption ≤ `max_words` whitespace words;
+    target differs from source; the instruction is not a caption; the target is a minimal edit of the source; and
+    nothing is copied from the prompt's own instructions and examples (`echoes`).
     """
     source, instruction, target = t.source.strip(), t.instruction.strip(), t.target.strip()
     if not source or not instruction or not target:
         return Validated(None, "empty part")
-    replaced = False
+    # refusal wording the model wrote (not wording the caption itself carries)
+    sent = (sent_caption or "").lower()
+    if any(m.group(0).lower() not in sent for part in (source, instruction, target) for m in _REFUSAL.finditer(part)):
+        return Validated(None, "refusal or off-topic answer")
     if sent_caption is not None and normalize_caption(source) != normalize_caption(sent_caption):
-        source, replaced = sent_caption.strip(), True
+        return Validated(None, "source caption differs from the caption sent")
     if word_count(source) > max_words or word_count(target) > max_words:
         return Validated(None, f"caption longer than {max_words} words")
     if normalize_caption(target) == normalize_caption(source):
         return Validated(None, "target equals source")
     if normalize_caption(instruction) in (normalize_caption(source), normalize_caption(target)):
         return Validated(None, "instruction repeats a caption")
-    return Validated(
-        Triplet(source, instruction, target),
-        "source caption replaced by the sent caption" if replaced else "",
-        replaced,
-    )
+    if echoes is not None:
+        if instruction_key(instruction) in echoes.instructions:
+            return Validated(None, "instruction copied from the prompt's examples")
+        if normalize_caption(target) in echoes.captions:
+            return Validated(None, "target echoes an in-context example")
+    problem = edit_size_problem(source, target)
+    if problem:
+        return Validated(None, problem)
+    return Validated(Triplet(source, instruction, target))
 
 
 # -- instruction similarity ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ultraedit_dagster.core.ids import make_uid
 from ultraedit_dagster.core.rows import mark_failed
 from ultraedit_dagster.text.edit_types import EDIT_TYPES, choose_mode, classify_edit_type
 from ultraedit_dagster.text.parsing import (
+    PromptEchoes,
     Triplet,
     instruction_key,
     near_duplicate_flags,
@@ -231,8 +232,27 @@ def _failed_row(cap: dict, shard: str, profile: str, llm_id: str, error: str, to
 
 
 def build_prompt(cap: dict, seeds: list[SeedTriplet], global_seed: int, s: WriterSettings) -> list[dict]:
+    return prompt_and_echoes(cap, seeds, global_seed, s)[0]
+
+
+def prompt_and_echoes(
+    cap: dict, seeds: list[SeedTriplet], global_seed: int, s: WriterSettings
+) -> tuple[list[dict], PromptEchoes]:
+    """The instruction prompt for one caption and what it shows the model (an answer must not copy it)."""
     sample = sample_in_context(seeds, cap["uid"], global_seed, s.n_instructions, s.n_examples)
-    return instruction_messages(cap["caption_short"], cap.get("caption_desc") or "", sample, s.k)
+    echoes = PromptEchoes.of(
+        sample.instructions, [(e.source_caption, e.instruction, e.target_caption) for e in sample.examples]
+    )
+    return instruction_messages(cap["caption_short"], cap.get("caption_desc") or "", sample, s.k), echoes
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An image without a valid triplet: why, and the tokens its request was billed for."""
+
+    reason: str
+    tokens: tuple[int, int] = (0, 0)
+    prompt_sha: str | None = None
 
 
 def instruction_rows(
@@ -255,7 +275,7 @@ def instruction_rows(
 
     # 1. candidate triplets per image: (triplets with types, tokens, cached, prompt_sha) or an error
     outcomes: dict[
-        str, tuple[list[tuple[str, str, str, str | None, bool, str]], tuple[int, int], bool, str | None] | str
+        str, tuple[list[tuple[str, str, str, str | None, bool, str]], tuple[int, int], bool, str | None] | _Failure
     ] = {}
     if s.backend == "template":
         for c in ok_caps:
@@ -289,40 +309,46 @@ def instruction_rows(
                     todo.append(c)
         else:
             todo = ok_caps
-        messages = [build_prompt(c, seeds, global_seed, s) for c in todo]
+        prompts = [prompt_and_echoes(c, seeds, global_seed, s) for c in todo]
+        messages = [m for m, _ in prompts]
         results = client.chat_many(messages, **s.sampling)
-        for c, msgs, res in zip(todo, messages, results, strict=True):
+        for c, (msgs, echoes), res in zip(todo, prompts, results, strict=True):
             sha = messages_hash(msgs)
+            billed = (res.prompt_tokens or 0, res.completion_tokens or 0)
             if not res.ok:
-                outcomes[c["uid"]] = f"request failed: {res.error}"
+                outcomes[c["uid"]] = _Failure(f"request failed: {res.error}", billed, sha)
                 continue
             parsed = parse_triplets(res.text, sent_caption=c["caption_short"])
             trip = []
             rejected: Counter = Counter()
             for t in parsed.triplets:
-                v = validate_triplet(t, c["caption_short"])
+                v = validate_triplet(t, c["caption_short"], echoes=echoes)
                 if v.triplet is None:
                     rejected[v.reason] += 1
                     continue
                 et = classify_edit_type(v.triplet.instruction, v.triplet.source, v.triplet.target)
-                trip.append(
-                    (v.triplet.source, v.triplet.instruction, v.triplet.target, et, v.source_replaced, v.reason)
-                )
+                trip.append((v.triplet.source, v.triplet.instruction, v.triplet.target, et, False, ""))
             if trip and s.moderation:
                 mods = client.moderate([f"{t[1]}\n{t[2]}" for t in trip])
-                kept = [t for t, m in zip(trip, mods, strict=True) if not m.flagged and not m.error]
+                outage = next((m.error for m in mods if m.error), None)
+                if outage:  # an outage is not a verdict: the image fails as retryable, nothing is marked flagged
+                    outcomes[c["uid"]] = _Failure(f"moderation: check failed: {outage}", billed, sha)
+                    continue
+                kept = [t for t, m in zip(trip, mods, strict=True) if not m.flagged]
                 stats.triplets_rejected["moderation flagged"] += len(trip) - len(kept)
                 if not kept:
-                    outcomes[c["uid"]] = "moderation: every triplet was flagged"
+                    outcomes[c["uid"]] = _Failure("moderation: every triplet was flagged", billed, sha)
                     continue
                 trip = kept
             stats.triplets_rejected.update(rejected)
             if not trip:
                 client.forget(msgs, **s.sampling)  # a useless answer is not kept: the next run asks again
                 reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) or "no triplet in the reply"
-                outcomes[c["uid"]] = f"parse failed: no valid triplet ({len(parsed.triplets)} parsed; {reasons})"
+                outcomes[c["uid"]] = _Failure(
+                    f"parse failed: no valid triplet ({len(parsed.triplets)} parsed; {reasons})", billed, sha
+                )
                 continue
-            outcomes[c["uid"]] = (trip, (res.prompt_tokens, res.completion_tokens), res.cached, sha)
+            outcomes[c["uid"]] = (trip, billed, res.cached, sha)
     else:
         raise ValueError(f"unknown instruction backend {s.backend!r} (template | openai)")
 
@@ -339,13 +365,20 @@ def instruction_rows(
         if outcome is None:
             outcome = "parse failed: the template writer found nothing to edit"
         if isinstance(outcome, str):
-            if outcome.startswith("request failed"):
+            outcome = _Failure(outcome)
+        if isinstance(outcome, _Failure):
+            if outcome.reason.startswith("request failed"):
                 stats.request_failed += 1
-            elif outcome.startswith("moderation"):
+            elif outcome.reason.startswith("moderation"):
                 stats.moderation_failed += 1
             else:
                 stats.parse_failed += 1
-            per_image[uid] = [_failed_row(c, shard, profile, s.llm_id, outcome)]
+            # every billed token is counted, also for answers that gave no triplet
+            stats.prompt_tokens += outcome.tokens[0]
+            stats.completion_tokens += outcome.tokens[1]
+            per_image[uid] = [
+                _failed_row(c, shard, profile, s.llm_id, outcome.reason, outcome.tokens, outcome.prompt_sha)
+            ]
             continue
         trip, (pt, ct), cached, sha = outcome
         seen: set[str] = set()
