@@ -1,10 +1,17 @@
-"""The `ultraedit` command: register manifests, run the demo, backfill failed shards."""
+"""The `ultraedit` command: register manifests, run the demo, materialize shards, build the release, backfill failed
+shards, query the warehouse.
+
+Only the standard library is imported here at start-up: `ultraedit --help` and argument errors answer at once, and
+each command imports Dagster (and, when it runs a model, torch) when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+import uuid
 from importlib import resources as importlib_resources
 
 from ultraedit_dagster.core import settings
@@ -14,6 +21,17 @@ DEMO_MANIFEST = "demo"
 DEMO_SHARD_SIZE = 8
 # The CLI prints warnings and errors; the full DEBUG event stream is in the instance (see `make ui`).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The per-shard assets in graph order (lake.store.SHARD_ASSETS, repeated so --help need not import pyarrow;
+# tests/test_cli.py checks they agree).
+SHARD_ASSET_NAMES = (
+    "source_images",
+    "captions",
+    "edit_instructions",
+    "region_masks",
+    "edit_candidates",
+    "metric_scores",
+    "filtered_release",
+)
 
 
 def cmd_add_manifest(args: argparse.Namespace) -> int:
@@ -51,6 +69,50 @@ def _lake():
     return lake_resource_from_env(for_definitions=False).lake
 
 
+def _step_count(job, asset_selection) -> int:
+    """Steps of one shard's run (for "stage i/n" in the progress lines)."""
+    from dagster._core.execution.api import create_execution_plan
+
+    sub = job.get_subset(asset_selection=set(asset_selection)) if asset_selection else job
+    return max(1, len(create_execution_plan(sub).step_keys_to_execute))
+
+
+def run_shard(instance, job, shard: str, asset_selection=None, out=None) -> bool:
+    """Run the per-shard graph (or `asset_selection`) for one shard in this process, printing progress."""
+    from ultraedit_dagster.ops.progress import RunProgress
+
+    run_id = str(uuid.uuid4())
+    started = time.monotonic()
+    print(f"shard {shard}: running (run {run_id[:8]})", flush=True, file=out or sys.stdout)
+    with RunProgress(instance, run_id, shard, _step_count(job, asset_selection), out=out):
+        result = job.execute_in_process(
+            partition_key=shard,
+            instance=instance,
+            asset_selection=asset_selection,
+            run_config=QUIET,
+            raise_on_error=False,
+            run_id=run_id,
+        )
+    state = "success" if result.success else "FAILED"
+    print(f"shard {shard}: {state} in {time.monotonic() - started:.0f} s", flush=True, file=out or sys.stdout)
+    return result.success
+
+
+def _run_release(instance) -> bool:
+    from ultraedit_dagster.definitions import defs
+
+    started = time.monotonic()
+    print("release: warehouse views, dbt models and tests, release card ...", flush=True)
+    result = defs.resolve_job_def("release").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
+    print(f"release: {'success' if result.success else 'FAILED'} in {time.monotonic() - started:.0f} s", flush=True)
+    return result.success
+
+
 def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
     """Run the whole per-shard graph for each shard, then the unpartitioned release assets."""
     from ultraedit_dagster.definitions import defs
@@ -63,23 +125,26 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
         .success
     )
     job = defs.resolve_job_def("shard_pipeline")
-    for key in shard_keys:
-        print(f"materializing shard {key} ...", flush=True)
-        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET)
-        outcome[key] = result.success
-        if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure:
-                    print(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
-    print("materializing release assets ...", flush=True)
-    result = defs.resolve_job_def("release").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
-    )
-    outcome["release"] = result.success
+    for i, key in enumerate(shard_keys, 1):
+        print(f"\n== shard {i}/{len(shard_keys)} ==", flush=True)
+        outcome[key] = run_shard(instance, job, key)
+    outcome["release"] = _run_release(instance)
     return outcome
 
 
+def _check_assets(names: list[str] | None) -> str | None:
+    """An error message for asset names that are not per-shard assets (None when all are)."""
+    unknown = [a for a in names or [] if a not in SHARD_ASSET_NAMES]
+    if unknown:
+        return f"unknown asset(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(SHARD_ASSET_NAMES)}"
+    return None
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
+    error = _check_assets(args.asset)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     import dagster as dg
 
     from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
@@ -95,11 +160,18 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     selection = [dg.AssetKey(a) for a in args.asset] if args.asset else None
     ok = True
     for key in args.shard:
-        result = job.execute_in_process(
-            partition_key=key, instance=instance, asset_selection=selection, run_config=QUIET, raise_on_error=False
-        )
-        print(f"{key}: {'success' if result.success else 'FAILED'}")
-        ok &= result.success
+        ok &= run_shard(instance, job, key, selection)
+    return 0 if ok else 1
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Build the release: warehouse views, the dbt models and tests, the release card (over every shard's
+    filtered_release whose blocking checks passed)."""
+    instance = ensure_instance()
+    ok = _run_release(instance)
+    if ok:
+        print(f"warehouse: {settings.warehouse_path()}")
+        print("release card: the `release_card` asset (its metadata lists the files and checksums; see `make ui`)")
     return 0 if ok else 1
 
 
@@ -116,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         instance.add_dynamic_partitions(SHARDS_PARTITIONS_NAME, reg.new_shard_keys)
     print(f"demo manifest: {reg.rows} images in shards {', '.join(reg.shard_keys)}")
     outcome = materialize_shards(instance, reg.shard_keys)
-    print_summary(lake)
+    print_summary(lake, title="demo summary")
     failed = [k for k, ok in outcome.items() if not ok]
     if failed:
         print(f"\nFAILED runs: {', '.join(failed)} (see `make ui` for the logs)")
@@ -124,18 +196,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(lake) -> None:
+def print_summary(lake, title: str = "lake summary", queries: bool = True) -> None:
+    """Rows, ok and failed rows per per-shard asset in `lake`; with `queries`, where to query the warehouse."""
     import duckdb
 
     from ultraedit_dagster.lake.store import SHARD_ASSETS
 
-    print("\n== ultraedit demo summary ==")
+    print(f"\n== ultraedit {title} ==")
     print(f"{'asset':<20}{'shards':>8}{'rows':>8}{'ok':>8}{'failed':>8}")
-    con = duckdb.connect()
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     for asset in SHARD_ASSETS:
         shards = lake.list_shards(asset)
         if not shards:
-            print(f"{asset:<20}{'-':>8}{'not in graph yet':>24}")
+            print(f"{asset:<20}{'-':>8}{'not materialized yet':>24}")
             continue
         rows, failed = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM read_parquet(?, union_by_name=true)",
@@ -146,12 +219,13 @@ def print_summary(lake) -> None:
     print(f"\nlake:      {lake.root}")
     print(f"warehouse: {wh}")
     print(f"dagster:   {settings.dagster_home()}  (make ui, then open http://127.0.0.1:3000)")
-    print(f'\nThree queries to paste into `duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql "..."`):')
-    for query in ANALYST_QUERIES:
-        print(f"  {query}")
+    if queries:
+        print(f'\nQueries to paste into `.venv/bin/duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql "..."`):')
+        for query in ANALYST_QUERIES:
+            print(f"  {query}")
 
 
-# Shown by `make demo`; the README's analyst guide has more.
+# Shown by `make demo` and `ultraedit summary`; the README's analyst guide has more.
 ANALYST_QUERIES = (
     "SELECT shard, candidates, failed, pass_rate, kept FROM shard_quality ORDER BY pass_rate;",
     "SELECT edit_type, mode, candidates, round(pass_rate, 3) AS pass_rate, round(mean_clip_sim_dir, 3) AS dir, kept "
@@ -161,21 +235,76 @@ ANALYST_QUERIES = (
 )
 
 
+def run_sql(con, query: str, max_rows: int = 40, out=None) -> None:
+    """Run every statement of `query` (comments and trailing semicolons allowed) and show the last one's result
+    (its first `max_rows` rows; a note says when there are more)."""
+    import duckdb
+    import pyarrow as pa
+
+    statements = con.extract_statements(query)
+    if not statements:
+        raise ValueError("the query holds no SQL statement (only comments or whitespace)")
+    for statement in statements[:-1]:
+        con.execute(statement)
+    cursor = con.execute(statements[-1])
+    if cursor.description is None:
+        return
+    names = [d[0] for d in cursor.description]
+    rows = cursor.fetchmany(max_rows + 1)
+    shown = rows[:max_rows]
+    columns = list(zip(*shown, strict=True)) if shown else [[] for _ in names]
+    table = pa.Table.from_arrays([pa.array(list(c)) for c in columns], names=names)
+    text = str(duckdb.connect().from_arrow(table))
+    if len(rows) > max_rows:
+        text += f"(first {max_rows} rows shown; --max-rows N shows more)\n"
+    print(text, file=out or sys.stdout, end="")
+
+
+def _open_warehouse_for_reading():
+    """The warehouse read-only, its views re-pointed first if the lake has moved since they were made."""
+    from ultraedit_dagster.lake.resources import lake_resource_from_env
+    from ultraedit_dagster.lake.store import SHARD_ASSETS
+    from ultraedit_dagster.lake.warehouse import (
+        configure_lake_access,
+        connect_reader,
+        connect_writer,
+        lake_location,
+        lake_root_of,
+        refresh_views,
+        views_are_stale,
+    )
+
+    path = settings.warehouse_path()
+    con = connect_reader(path)
+    resource = lake_resource_from_env(for_definitions=False)
+    if not views_are_stale(con, resource.lake):
+        return con
+    old = lake_root_of(con)
+    con.close()
+    with connect_writer(path) as writer:
+        configure_lake_access(writer, resource.lake, resource.s3_settings())
+        refresh_views(writer, resource.lake, SHARD_ASSETS)
+    print(f"note: the lake moved ({old} -> {lake_location(resource.lake)}); views re-pointed", file=sys.stderr)
+    return connect_reader(path)
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
+    from ultraedit_dagster.lake.warehouse import WarehouseError
+
     try:
-        con = duckdb.connect(settings.warehouse_path(), read_only=True)
-    except duckdb.Error as exc:
-        print(f"error: cannot open the warehouse read-only ({exc}); is a writer running?", file=sys.stderr)
+        con = _open_warehouse_for_reading()
+    except (duckdb.Error, WarehouseError) as exc:
+        print(f"error: cannot open the warehouse read-only: {exc}", file=sys.stderr)
         return 2
     try:
-        result = con.sql(args.query)
-    except duckdb.Error as exc:
+        run_sql(con, args.query, args.max_rows)
+    except (duckdb.Error, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if result is not None:
-        result.show(max_rows=args.max_rows, max_width=200)
+    finally:
+        con.close()
     return 0
 
 
@@ -187,12 +316,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    print_summary(_lake())
+    print_summary(_lake(), queries=not args.no_queries)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ultraedit", description=__doc__)
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from ultraedit_dagster.ops import backfill
+
+    return backfill.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ultraedit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("add-manifest", help="split a manifest into shards and register them as partitions")
@@ -207,25 +342,43 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("materialize", help="run the per-shard graph (or some assets of it) for the given shards")
     p.add_argument("--shard", action="append", required=True, help="shard key (repeatable)")
-    p.add_argument("--asset", action="append", help="only these assets (repeatable; default: the whole shard graph)")
+    p.add_argument(
+        "--asset",
+        action="append",
+        help=f"only these assets (repeatable; default: the whole shard graph): {', '.join(SHARD_ASSET_NAMES)}",
+    )
     p.set_defaults(func=cmd_materialize)
 
-    from ultraedit_dagster.ops import backfill
+    p = sub.add_parser("release", help="build the release: warehouse views, dbt models and tests, the release card")
+    p.set_defaults(func=cmd_release)
 
-    backfill.add_arguments(sub.add_parser("backfill", help="backfill only the shards that failed or are missing"))
+    p = sub.add_parser("backfill", help="backfill only the shards that failed or are missing (run by the daemon)")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        required=True,
+        help="backfill the shards whose latest run failed or that are missing",
+    )
+    p.add_argument("--asset", help="only shards where this asset failed or is missing (plus its downstream)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be backfilled, launch nothing")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")
+    p = sub.add_parser("sql", help="run read-only SQL against the warehouse (several statements; the last is shown)")
     p.add_argument("query")
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("summary", help="rows and failures per asset in the lake")
+    p.add_argument("--no-queries", action="store_true", help="leave out the example warehouse queries")
     p.set_defaults(func=cmd_summary)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

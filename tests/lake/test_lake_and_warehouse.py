@@ -78,10 +78,8 @@ def test_warehouse_views_return_the_lake_rows(lake, tmp_path):
 
 def test_s3_lake_end_to_end_against_moto_server(moto_server, tmp_path, instance):
     """The real S3 protocol over HTTP: write, replace, list, read; source_images reads s3:// images into an S3 lake."""
-    from dagster_aws.s3 import S3Resource
-
     from ultraedit_dagster.core.resources import PipelineResource
-    from ultraedit_dagster.lake.resources import LakeResource
+    from ultraedit_dagster.lake.resources import LakeResource, S3Connection
     from ultraedit_dagster.sources.assets import source_images
     from ultraedit_dagster.sources.manifests import register_manifest
 
@@ -111,7 +109,7 @@ def test_s3_lake_end_to_end_against_moto_server(moto_server, tmp_path, instance)
     )
     shard = register_manifest(lake, str(manifest), name="s3", shard_size=10).shard_keys[0]
     instance.add_dynamic_partitions("shards", [shard])
-    s3 = S3Resource(
+    s3 = S3Connection(
         endpoint_url=moto_server.endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",

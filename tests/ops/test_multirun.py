@@ -171,12 +171,10 @@ def test_backfill_many_shards_in_parallel(tmp_path, monkeypatch, postgres, moto_
     sys.modules.pop("tests.ops.multirun_defs", None)  # re-import: it reads the environment set above
     from tests.ops.multirun_defs import defs  # the same file (MULTIRUN_DEFS) the daemon loads
     from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
-    from ultraedit_dagster.lake.resources import LakeResource
+    from ultraedit_dagster.lake.resources import LakeResource, S3Connection
     from ultraedit_dagster.sources.manifests import register_manifest, shard_manifest_relpath
 
     instance = ensure_instance()  # the Postgres instance, with the gpu / duckdb_writer pools set
-    from dagster_aws.s3 import S3Resource
-
     from ultraedit_dagster.lake.store import Lake
 
     lake = Lake(env["ULTRAEDIT_LAKE"], s3_client=moto_server.client())
@@ -240,7 +238,7 @@ def test_backfill_many_shards_in_parallel(tmp_path, monkeypatch, postgres, moto_
 
         # the same lake as a sequential, in-process run
         seq_lake_res = LakeResource(
-            root="s3://lake/sequential", s3=S3Resource(endpoint_url=moto_server.endpoint, region_name="us-east-1")
+            root="s3://lake/sequential", s3=S3Connection(endpoint_url=moto_server.endpoint, region_name="us-east-1")
         )
         seq_assets = [a for a in defs.assets if getattr(a, "partitions_def", None) is not None]
         with dg.instance_for_test() as seq_instance:

@@ -9,13 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from tests.conftest import REPO
 from ultraedit_dagster.core import deploy_tags, retries
 from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME, shards
 from ultraedit_dagster.core.resources import PipelineResource
-from ultraedit_dagster.lake.resources import LakeResource
+from ultraedit_dagster.lake.resources import LakeResource, S3Connection
 from ultraedit_dagster.lake.store import Lake
 from ultraedit_dagster.ops import automation, backfill
 from ultraedit_dagster.sources.assets import source_images
@@ -66,7 +65,7 @@ def make_defs(lake_root: str) -> dg.Definitions:
 
 def _tick(sensor, instance, lake_root, cursor=None, s3_endpoint=None):
     lake_res = LakeResource(
-        root=lake_root, s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1") if s3_endpoint else None
+        root=lake_root, s3=S3Connection(endpoint_url=s3_endpoint, region_name="us-east-1") if s3_endpoint else None
     )
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake_res}) as context:
         result = sensor(context)
@@ -450,3 +449,21 @@ def test_deploy_files_and_gpu_tags():
 def test_automation_sensor_covers_all_assets():
     assert automation.automation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert isinstance(automation.automation_sensor, dg.AutomationConditionSensorDefinition)
+
+
+def test_inbox_manifest_names_keep_their_version_suffix(tmp_path, monkeypatch, instance):
+    """`my_data.v2.parquet` is the manifest `my-data-v2` (not `my-data`), so a later v3 is a new manifest."""
+    assert automation.inbox_manifest_name("my_data.v2.parquet") == "my-data-v2"
+    assert automation.inbox_manifest_name("2025-06-01T12-00-coco.JSONL") == "2025-06-01t12-00-coco"
+    assert automation.inbox_manifest_name("prefix/a b.v3.csv") == "a-b-v3"
+    inbox = tmp_path / "inbox"
+    monkeypatch.setenv("ULTRAEDIT_INBOX", str(inbox))
+    lake_root = str(tmp_path / "lake")
+    sensor = automation.build_inbox_sensor(make_defs(lake_root).resolve_job_def("shard_pipeline"))
+    write_jsonl(inbox / "my_data.v2.jsonl", demo_rows(3))
+    first, _ = _tick(sensor, instance, lake_root)
+    assert [r.partition_key for r in first.run_requests] == ["my-data-v2-00000"]
+    _apply(instance, first)
+    write_jsonl(inbox / "my_data.v3.jsonl", demo_rows(4))
+    second, _ = _tick(sensor, instance, lake_root, cursor=first.cursor)
+    assert [r.partition_key for r in second.run_requests] == ["my-data-v3-00000"]

@@ -3,11 +3,15 @@
 from typing import Any
 
 import dagster as dg
-import torch
 from pydantic import PrivateAttr
 
 from ultraedit_dagster.core.devices import resolve_device, resolve_dtype
 from ultraedit_dagster.core.profiles import Profile
+
+# models.editor's TINY_EDITOR / TINY_SD15 / TINY_WORKING_SIZE, repeated here because models.editor imports torch and
+# this module is imported while the definitions load (tests/ops/test_definitions_load.py checks they agree).
+TINY_EDITORS = ("tiny", "tiny-sd15")
+TINY_WORKING_SIZE = 256
 
 
 class EditorResource(dg.ConfigurableResource):
@@ -41,9 +45,7 @@ class EditorResource(dg.ConfigurableResource):
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "EditorResource":
-        from ultraedit_dagster.models.editor import TINY_EDITOR, TINY_SD15, TINY_WORKING_SIZE
-
-        tiny = profile.editor_model in (TINY_EDITOR, TINY_SD15)
+        tiny = profile.editor_model in TINY_EDITORS
         kwargs: dict[str, Any] = dict(
             model=profile.editor_model, working_size=TINY_WORKING_SIZE if tiny else 0, cpu_threads=1 if tiny else 0
         )
@@ -53,6 +55,8 @@ class EditorResource(dg.ConfigurableResource):
     def generator(self):
         """The process-wide PairGenerator (pipeline loaded on first use)."""
         if self._generator is None:
+            import torch  # heavy: imported when the model loads, never while the definitions load
+
             from ultraedit_dagster.editing.generation import PairGenerator
             from ultraedit_dagster.editing.p2p import P2PConfig
             from ultraedit_dagster.models.editor import load_editor

@@ -4,7 +4,6 @@ import os
 from typing import Optional
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from ultraedit_dagster.core import settings
@@ -16,6 +15,35 @@ from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH
 DEFAULT_LAKE_ROOT = ".ultraedit/lake"
 
 
+class S3Connection(dg.ConfigurableResource):
+    """The S3 endpoint and credentials of the lake: the connection fields of dagster-aws's `S3Resource`, which makes
+    the client (`client()`). dagster_aws is imported only then: importing it imports every dagster-aws component and
+    boto3 (about 5 s), which the definitions must not pay while a code server starts."""
+
+    endpoint_url: Optional[str] = None
+    region_name: Optional[str] = None
+    aws_access_key_id: Optional[str] = None
+    aws_secret_access_key: Optional[str] = None
+    aws_session_token: Optional[str] = None
+    profile_name: Optional[str] = None
+    use_ssl: bool = True
+    verify: Optional[bool] = None
+    max_attempts: int = 5
+
+    def s3_resource(self):
+        """The equivalent dagster-aws `S3Resource`."""
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(**{k: v for k, v in self._connection_fields().items() if v is not None})
+
+    def _connection_fields(self) -> dict:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    def client(self):
+        """A boto3 S3 client for this endpoint."""
+        return self.s3_resource().get_client()
+
+
 class LakeResource(dg.ConfigurableResource):
     """Where every per-shard asset writes its one Parquet file per shard.
 
@@ -24,15 +52,15 @@ class LakeResource(dg.ConfigurableResource):
     """
 
     root: str = DEFAULT_LAKE_ROOT
-    s3: Optional[S3Resource] = None
+    s3: Optional[S3Connection] = None
     _lake: Optional[Lake] = PrivateAttr(default=None)
 
     def s3_client(self):
         """A boto3 S3 client for the configured endpoint (also used to fetch s3:// source images)."""
-        return (self.s3 or S3Resource()).get_client()
+        return (self.s3 or S3Connection()).client()
 
     def s3_settings(self) -> dict:
-        s3 = self.s3 or S3Resource()
+        s3 = self.s3 or S3Connection()
         return {
             "endpoint_url": s3.endpoint_url,
             "aws_access_key_id": s3.aws_access_key_id,
@@ -60,7 +88,7 @@ def lake_resource_from_env(for_definitions: bool = True) -> LakeResource:
             return None
         return dg.EnvVar(name) if for_definitions else os.environ[name]
 
-    s3 = S3Resource(
+    s3 = S3Connection(
         endpoint_url=env("AWS_ENDPOINT_URL"),
         region_name=os.environ.get("AWS_REGION") or None,
         aws_access_key_id=env("AWS_ACCESS_KEY_ID"),

@@ -1,7 +1,12 @@
 """The DuckDB warehouse: one view per lake asset over its Parquet files (the shard is a column of every row).
 
 Only the warehouse refresh (and dbt) write the DuckDB file, one process at a time (pool `duckdb_writer`); analysts
-open it read-only (`duckdb -readonly .ultraedit/warehouse.duckdb`) whenever nothing is writing it.
+open it read-only (`.venv/bin/duckdb -readonly .ultraedit/warehouse.duckdb`) whenever nothing is writing it.
+
+Moving the lake: a view stores the absolute path of the lake it was made over, and the table `ultraedit_lake` records
+that root. `lake_root_of(con)` reads it back; `ultraedit sql` and the warehouse refresh compare it with the configured
+lake and re-point the views when the lake has moved (a moved or copied checkout never silently reads the old lake).
+Every connection made here turns extension auto-install off: httpfs comes from its Python package.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import duckdb
 from ultraedit_dagster.lake.store import SHARD_ASSETS, Lake, validate_asset_name
 
 DEFAULT_WAREHOUSE_PATH = ".ultraedit/warehouse.duckdb"
+LAKE_TABLE = "ultraedit_lake"
+# No extension is ever downloaded at run time (httpfs comes from the duckdb-extension-httpfs package).
+CONNECTION_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -42,7 +50,7 @@ def connect_writer(path: str, retries: int = 20, wait_s: float = 0.25) -> Iterat
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries):
         try:
-            con = duckdb.connect(path)
+            con = duckdb.connect(path, config=dict(CONNECTION_CONFIG))
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or attempt == retries - 1:
@@ -52,6 +60,33 @@ def connect_writer(path: str, retries: int = 20, wait_s: float = 0.25) -> Iterat
         yield con
     finally:
         con.close()
+
+
+def connect_reader(path: str) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse read-only (extension auto-install off); a clear error if the file does not exist."""
+    if not Path(path).is_file():
+        raise WarehouseError(f"no warehouse at {path}: build it with `ultraedit release` (or `make demo`)")
+    return duckdb.connect(path, read_only=True, config=dict(CONNECTION_CONFIG))
+
+
+def lake_root_of(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The lake root the views were last made over (None: no refresh has recorded one)."""
+    try:
+        row = con.execute(f"SELECT lake_root FROM {LAKE_TABLE}").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return row[0] if row else None
+
+
+def lake_location(lake: Lake) -> str:
+    """The lake's root as the views store it: s3:// as given, a local folder as an absolute path."""
+    return lake.root.rstrip("/") if lake.is_s3 else str(Path(lake.root).expanduser().resolve())
+
+
+def views_are_stale(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
+    """True when the views were made over another lake location than `lake` (it moved, or this is a copy)."""
+    recorded = lake_root_of(con)
+    return recorded is not None and recorded != lake_location(lake)
 
 
 def configure_lake_access(con: duckdb.DuckDBPyConnection, lake: Lake, s3_settings: dict | None = None) -> None:
@@ -83,8 +118,11 @@ def configure_lake_access(con: duckdb.DuckDBPyConnection, lake: Lake, s3_setting
 def refresh_views(
     con: duckdb.DuckDBPyConnection, lake: Lake, assets: tuple[str, ...] = SHARD_ASSETS
 ) -> dict[str, int | None]:
-    """Create or replace one view per asset over its shard files; returns rows per view (None: no shard yet)."""
+    """Create or replace one view per asset over its shard files (at the lake's current location, recorded in
+    `ultraedit_lake`); returns rows per view (None: no shard yet)."""
     counts: dict[str, int | None] = {}
+    con.execute(f"CREATE OR REPLACE TABLE {LAKE_TABLE} (lake_root VARCHAR, refreshed_at TIMESTAMP)")
+    con.execute(f"INSERT INTO {LAKE_TABLE} VALUES (?, now())", [lake_location(lake)])
     for asset in assets:
         validate_asset_name(asset)
         view = _identifier(asset)

@@ -62,6 +62,21 @@ class InboxEntry:
     sort_key: tuple  # cursor order
 
 
+def inbox_manifest_name(file_name: str) -> str:
+    """The manifest name of an inbox file: the file name without its manifest suffix, lowercased, every run of
+    characters outside [a-z0-9] made one '-' (`my_data.v2.parquet` -> `my-data-v2`, so v3 is a new manifest, not a
+    clash with v2)."""
+    base = file_name.rsplit("/", 1)[-1]
+    for suffix in MANIFEST_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in base.lower())
+    while "--" in cleaned:
+        cleaned = cleaned.replace("--", "-")
+    return cleaned[:58].strip("-") or "manifest"
+
+
 def _is_manifest(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(MANIFEST_SUFFIXES)
 
@@ -133,8 +148,6 @@ def evaluate_inbox(
     shard_size: int | None = None,
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick of the inbox sensor (separate from the decorator so it is easy to test and to reuse)."""
-    from ultraedit_dagster.sources.manifests import default_manifest_name
-
     inbox = inbox or inbox_root()
     shard_size = shard_size or inbox_shard_size()
     cursor = json.loads(context.cursor) if context.cursor else None
@@ -157,7 +170,7 @@ def evaluate_inbox(
         if not _is_manifest(entry.name):
             continue
         try:
-            name = default_manifest_name(entry.name)
+            name = inbox_manifest_name(entry.name)
             if is_s3:
                 reg = _register_s3(lake, client, inbox, entry.location, name, shard_size, existing)
             else:
@@ -231,16 +244,22 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 # -- incremental rebuild ------------------------------------------------------------------------------------------
 
 
-def assets_needing_rebuild(
+@dataclass(frozen=True)
+class RebuildPlan:
+    """What an incremental rebuild would do: `todo` = {shard: [asset keys missing or failed]}, and `busy` = the
+    shards left out because a run of theirs is queued or in progress."""
+
+    todo: dict[str, list[dg.AssetKey]]
+    busy: list[str]
+
+
+def rebuild_plan(
     instance: dg.DagsterInstance,
     asset_keys: Iterable[dg.AssetKey | str],
     partitions_def: dg.PartitionsDefinition = shards,
     partition_keys: Sequence[str] | None = None,
-) -> dict[str, list[dg.AssetKey]]:
-    """{shard: [asset keys that are missing or whose latest attempt failed]} for every registered shard.
-
-    A shard with any of the assets in progress (a queued or running run) is left out: it is being rebuilt already.
-    """
+) -> RebuildPlan:
+    """The missing or failed (asset, shard) pairs of every registered shard, and the shards skipped as busy."""
     keys = [_asset_key(k) for k in asset_keys]
     if partition_keys is None:
         partition_keys = (
@@ -250,7 +269,7 @@ def assets_needing_rebuild(
         )
     partition_keys = list(partition_keys)
     if not partition_keys or not keys:
-        return {}
+        return RebuildPlan({}, [])
     needs: dict[str, list[dg.AssetKey]] = {}
     busy: set[str] = set()
     for key in keys:
@@ -261,7 +280,23 @@ def assets_needing_rebuild(
                 busy.add(pk)
             elif s != dg.AssetPartitionStatus.MATERIALIZED:  # None (missing) or FAILED
                 needs.setdefault(pk, []).append(key)
-    return {pk: needs[pk] for pk in partition_keys if pk in needs and pk not in busy}
+    return RebuildPlan(
+        todo={pk: needs[pk] for pk in partition_keys if pk in needs and pk not in busy},
+        busy=[pk for pk in partition_keys if pk in busy],
+    )
+
+
+def assets_needing_rebuild(
+    instance: dg.DagsterInstance,
+    asset_keys: Iterable[dg.AssetKey | str],
+    partitions_def: dg.PartitionsDefinition = shards,
+    partition_keys: Sequence[str] | None = None,
+) -> dict[str, list[dg.AssetKey]]:
+    """{shard: [asset keys that are missing or whose latest attempt failed]} for every registered shard.
+
+    A shard with any of the assets in progress (a queued or running run) is left out: it is being rebuilt already.
+    """
+    return rebuild_plan(instance, asset_keys, partitions_def, partition_keys).todo
 
 
 def shards_needing_rebuild(

@@ -4,7 +4,7 @@ The backfill targets exactly the (asset, shard) pairs whose latest materializati
 materialized (shards with a run in progress are left alone), so healthy work is never recomputed. It is an ordinary
 Dagster asset backfill (`instance.add_backfill`): the daemon (`dagster dev`, or `dagster-daemon run` in production)
 executes it, honouring each asset's BackfillPolicy (GPU stages batch several shards per run so models load once),
-and the UI shows it under Overview → Backfills.
+and the UI shows it under Runs → Backfills.
 
 With `--asset A`, only shards where A is missing or failed are chosen; for those shards the backfill covers A plus
 whichever of A's upstream and downstream per-shard assets are missing or failed (so A can succeed, and the repaired
@@ -20,7 +20,7 @@ import time
 import dagster as dg
 
 from ultraedit_dagster.core.partitions import shards
-from ultraedit_dagster.ops.automation import assets_needing_rebuild
+from ultraedit_dagster.ops.automation import assets_needing_rebuild, rebuild_plan
 
 BACKFILL_TAG = "ultraedit/failed_backfill"
 
@@ -98,17 +98,9 @@ def launch_failed_backfill(
     return backfill_id
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "--failed",
-        action="store_true",
-        required=True,
-        help="backfill the shards whose latest run failed or that are missing",
-    )
-    parser.add_argument("--asset", help="only shards where this asset failed or is missing (plus its downstream)")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be backfilled, launch nothing")
-    parser.set_defaults(func=run)
-    return parser
+def busy_shards(instance: dg.DagsterInstance, defs_or_graph) -> list[str]:
+    """Shards left out of a backfill because a run of theirs is queued or in progress."""
+    return rebuild_plan(instance, shard_asset_keys(_asset_graph(defs_or_graph)), shards).busy
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,11 +111,22 @@ def run(args: argparse.Namespace) -> int:
     instance = ensure_instance()
     try:
         todo = failed_asset_partitions(instance, defs, getattr(args, "asset", None))
+        busy = busy_shards(instance, defs)
+        busy_note = (
+            f"{len(busy)} shard(s) skipped because a run of theirs is queued or in progress: {', '.join(busy)}"
+            if busy
+            else ""
+        )
         if not todo:
-            print("nothing to backfill: every shard is materialized for every per-shard asset")
+            if busy:
+                print(f"nothing to backfill now: {busy_note}; run this again when they finish")
+            else:
+                print("nothing to backfill: every shard is materialized for every per-shard asset")
             return 0
         for shard, keys in todo.items():
             print(f"  {shard}: {', '.join(k.to_user_string() for k in keys)}")
+        if busy:
+            print(busy_note)
         if getattr(args, "dry_run", False):
             print(f"{len(todo)} shard(s) would be backfilled (dry run)")
             return 0
@@ -133,6 +136,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(
         f"backfill {backfill_id} added for {len(todo)} shard(s); the Dagster daemon runs it "
-        "(see Overview → Backfills in the UI)"
+        "(see Runs → Backfills in the UI)"
     )
     return 0

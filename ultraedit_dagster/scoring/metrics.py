@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported inside the functions: the column names here are read while the Dagster
+    import torch  # definitions load, which must not import torch
 
 METRIC_COLUMNS = ("clip_sim_source", "clip_sim_target", "clip_sim_dir", "clip_sim_image", "dinov2_sim", "ssim", "l1")
 THRESHOLD_METRICS = ("clip_sim_image", "clip_sim_dir", "clip_sim_source", "clip_sim_target", "dinov2_sim")
@@ -33,6 +33,8 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
 
 def as_float_images(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) float in [0, 1]; uint8 input is divided by 255, BHWC input is permuted."""
+    import torch
+
     if x.ndim == 3:
         x = x.unsqueeze(0)
     if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
@@ -47,9 +49,14 @@ def ssim(
     win_size: int = 7,
     k1: float = 0.01,
     k2: float = 0.03,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Per-image mean SSIM (shape (B,)) of two image batches (B, C, H, W), averaged over channels."""
+    """Per-image mean SSIM (shape (B,)) of two image batches (B, C, H, W), averaged over channels (computed in
+    `dtype`, default float32)."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = dtype or torch.float32
     a, b = as_float_images(a).to(dtype), as_float_images(b).to(dtype)
     if a.shape != b.shape:
         raise ValueError(f"SSIM needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -85,6 +92,8 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cosine(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Row-wise cosine; 0 where either vector is (numerically) zero."""
+    import torch.nn.functional as F
+
     return F.cosine_similarity(x.float(), y.float(), dim=-1, eps=eps).double()
 
 

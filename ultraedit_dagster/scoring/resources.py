@@ -6,12 +6,10 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
-import torch
 from pydantic import PrivateAttr
 
 from ultraedit_dagster.core.devices import resolve_device, resolve_dtype
 from ultraedit_dagster.core.profiles import Profile
-from ultraedit_dagster.scoring.metrics import clip_similarities, cosine, l1, ssim
 
 
 class ScorerResource(dg.ConfigurableResource):
@@ -105,8 +103,12 @@ class ScorerResource(dg.ConfigurableResource):
     ) -> dict[str, np.ndarray]:
         """Metrics for N pairs of HxWx3 uint8 arrays (each pair the same size): the columns of docs/method.md §5
         plus `l1`, as float64 arrays of length N."""
+        # torch and the models are imported here, never while the definitions load
+        import torch
+
         from ultraedit_dagster.models import clip as clip_mod
         from ultraedit_dagster.models import dinov2 as dino_mod
+        from ultraedit_dagster.scoring.metrics import clip_similarities, cosine, l1, ssim
 
         n = len(source_images)
         if not (n == len(target_images) == len(source_captions) == len(target_captions)):

@@ -1,0 +1,77 @@
+"""CLI defects of issue 13 item 7: sql with trailing comments, unknown assets, the summary's wording, the release
+command, the backfill wording when shards are busy, progress lines."""
+
+import io
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+
+from ultraedit_dagster import cli
+
+
+def test_shard_asset_names_match_the_lake():
+    from ultraedit_dagster.lake.store import SHARD_ASSETS
+
+    assert cli.SHARD_ASSET_NAMES == SHARD_ASSETS
+
+
+def test_sql_accepts_trailing_semicolon_comments_and_several_statements():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT range AS x FROM range(5)")
+    out = io.StringIO()
+    cli.run_sql(con, "SELECT count(*) AS n FROM t; -- README query 4, pasted as written", out=out)
+    cells = [line.strip("│ ") for line in out.getvalue().splitlines()]
+    assert "n" in cells and "5" in cells
+    out = io.StringIO()
+    cli.run_sql(con, "SET threads = 1;\nSELECT max(x) AS biggest FROM t; -- last one is shown\n", out=out)
+    assert "biggest" in out.getvalue() and "4" in out.getvalue()
+    with pytest.raises(ValueError, match="no SQL statement"):
+        cli.run_sql(con, "-- nothing but a comment")
+
+
+def test_sql_command_reports_errors_without_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path))
+    monkeypatch.delenv("ULTRAEDIT_WAREHOUSE", raising=False)
+    assert cli.main(["sql", "SELECT 1"]) == 2
+    assert "no warehouse at" in capsys.readouterr().err
+
+
+def test_materialize_unknown_asset_is_a_clean_error(capsys):
+    assert cli.main(["materialize", "--shard", "demo-00000", "--asset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown asset(s) 'nope'" in err and "filtered_release" in err
+
+
+def test_parser_has_a_release_command():
+    args = cli.build_parser().parse_args(["release"])
+    assert args.func is cli.cmd_release
+
+
+def test_summary_is_not_called_a_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path))
+    monkeypatch.delenv("ULTRAEDIT_LAKE", raising=False)
+    assert cli.main(["summary", "--no-queries"]) == 0
+    out = capsys.readouterr().out
+    assert "lake summary" in out and "demo" not in out and "not materialized yet" in out
+
+
+def test_backfill_dry_run_says_when_shards_are_only_busy(monkeypatch, capsys):
+    from ultraedit_dagster.ops import backfill, instance
+
+    monkeypatch.setattr(instance, "ensure_instance", lambda: object())
+    monkeypatch.setattr(backfill, "failed_asset_partitions", lambda inst, defs, asset=None: {})
+    monkeypatch.setattr(backfill, "busy_shards", lambda inst, defs: ["m-00000", "m-00001"])
+    assert backfill.run(SimpleNamespace(asset=None, dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert "every shard is materialized" not in out
+    assert "2 shard(s) skipped because a run of theirs is queued or in progress: m-00000, m-00001" in out
+
+
+def test_progress_lines():
+    from ultraedit_dagster.ops.progress import _PROGRESS, progress_message, rate_and_eta
+
+    assert rate_and_eta(10, 40, 5.0) == (2.0, 15.0)
+    msg = progress_message("demo-00000", 10, 40, 5.0)
+    assert msg == "progress demo-00000: rows 10/40, 2.00 rows/s, ~15 s left"
+    assert _PROGRESS.match(msg)["total"] == "40"
