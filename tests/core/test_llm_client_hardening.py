@@ -106,3 +106,67 @@ def test_scrub_before_cut(offset):
     assert scrub_secret(json.dumps({"k": KEY}), KEY) == '{"k": "***"}'
     assert scrub_secret("a%2Fb", "a/b") == "***"
     assert scrub_secret("plain", "") == "plain"
+
+
+def test_a_trickling_server_is_cut_at_the_total_deadline(server):
+    # each byte arrives well within the per-read timeout, so only a total deadline ends the call
+    client = LLMClient(model="m", api_key=KEY, base_url=server.url, cache_dir=None, timeout=2.0, deadline=1.5)
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("res", _ask(client, "trickle", 0)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "the call was still running after 20 s"
+    res = box["res"]
+    assert time.monotonic() - started < 6
+    assert not res.ok and res.retryable and "1.5 s total deadline" in res.error, res.error
+
+
+def test_the_circuit_breaker_fails_fast_after_consecutive_transport_failures(server):
+    from tests.conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+    client = LLMClient(
+        model="m",
+        base_url=dead,
+        cache_dir=None,
+        max_retries=1,
+        breaker_threshold=3,
+        breaker_cooldown=60,
+        sleep=lambda s: None,
+    )
+    first = [_ask(client, "400", i) for i in range(3)]
+    assert all(r.retryable and r.attempts == 2 and r.error.startswith("connection error") for r in first)
+    sent = client.requests_sent
+    fast = [_ask(client, "400", i) for i in range(5)]
+    assert client.requests_sent == sent  # nothing sent while the circuit is open
+    for r in fast:
+        assert r.retryable and r.attempts == 0 and r.error.startswith("circuit open: 3 consecutive transport failures")
+    mods = client.moderate(["a", "b"])
+    assert all(m.retryable and m.error.startswith("circuit open") for m in mods)
+
+    # a deterministic refusal (HTTP 400) is no transport failure; a new shard starts with a closed breaker
+    client.reset_breaker()
+    client._client = client._client.with_options(base_url=server.url)
+    res = _ask(client, "400", 0)
+    assert res.error.startswith("HTTP 400") and not res.retryable and res.attempts == 1
+    assert client._transport_failures == 0
+
+
+def test_the_breaker_lets_one_probe_through_after_its_cooldown():
+    from tests.conftest import free_port
+
+    client = LLMClient(
+        model="m",
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        cache_dir=None,
+        max_retries=0,
+        breaker_threshold=2,
+        breaker_cooldown=0.3,
+    )
+    for i in range(2):
+        assert _ask(client, "400", i).error.startswith("connection error")
+    assert _ask(client, "400", 9).error.startswith("circuit open")
+    time.sleep(0.35)
+    assert _ask(client, "400", 10).error.startswith("connection error")  # the probe was sent (and failed)
+    assert _ask(client, "400", 11).error.startswith("circuit open")

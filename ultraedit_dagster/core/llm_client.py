@@ -6,6 +6,13 @@
 - Retries: 429, 408/409, 5xx, timeouts and connection errors are retried up to `max_retries` times with exponential
   backoff and jitter (delay = min(backoff_max, backoff_base·2^attempt) · U(0.5, 1), at least the server's
   Retry-After when it sends one and it is below backoff_max). Other errors (4xx, a malformed body) fail at once.
+- Deadlines: the SDK's `timeout` bounds each read, so a server trickling one byte a second would hold a call
+  forever; every call (all its attempts and back-off sleeps together) also has a total `deadline`, after which it
+  fails as a timeout. The abandoned HTTP request finishes in a daemon thread, never blocking the caller.
+- Circuit breaker: after `breaker_threshold` consecutive calls that failed for a transport reason (timeouts,
+  connection errors, 429 / 5xx after their retries), further calls fail at once (`circuit open`, nothing sent) for
+  `breaker_cooldown` seconds, then one probe is let through. `reset_breaker()` starts a shard afresh. Such failures
+  are `ChatResult.retryable`: a later backfill may succeed where this run could not.
 - Concurrency: `chat_many` runs requests on at most `max_concurrency` threads.
 - Token counts come from the reply's `usage`; a cached reply reports the counts of the request that produced it and
   says `cached=True`.
@@ -40,6 +47,7 @@ class ChatResult:
     cached: bool = False
     attempts: int = 0  # HTTP requests sent for this call (0 when served from the cache)
     error: str | None = None  # None when ok
+    retryable: bool = False  # the failure was a transport one (deadline, timeouts, 5xx, circuit open): retry later
 
     @property
     def ok(self) -> bool:
@@ -51,6 +59,7 @@ class ModerationResult:
     flagged: bool
     categories: tuple[str, ...] = ()
     error: str | None = None
+    retryable: bool = False
 
 
 MAX_ERROR_CHARS = 300
@@ -74,6 +83,10 @@ def payload_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+class _DeadlineExceeded(Exception):
+    """A call ran past its total deadline."""
+
+
 class LLMClient:
     """Cached, retrying, concurrent chat completions and moderations over the openai SDK."""
 
@@ -91,6 +104,9 @@ class LLMClient:
         max_concurrency: int = 4,
         moderation_model: str = "omni-moderation-latest",
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float | None = None,
+        breaker_threshold: int = 8,
+        breaker_cooldown: float = 60.0,
     ) -> None:
         import openai
 
@@ -104,6 +120,13 @@ class LLMClient:
         self.max_concurrency = max(1, int(max_concurrency))
         self.moderation_model = moderation_model
         self._sleep = sleep
+        # total seconds for one call, all attempts and back-off included (default: three per-read timeouts)
+        self.deadline = float(deadline) if deadline else 3.0 * float(timeout)
+        self.breaker_threshold = int(breaker_threshold)
+        self.breaker_cooldown = float(breaker_cooldown)
+        self._transport_failures = 0
+        self._last_transport_error = ""
+        self._open_until = 0.0
         self._secret = api_key or ""
         # the SDK's own retries are off: ours are counted, jittered and bounded
         self._client = openai.OpenAI(
@@ -185,23 +208,88 @@ class LLMClient:
             kind = f"malformed response ({type(exc).__name__})"
         return self._error_text(f"{kind}: {exc}")
 
-    def _call(self, fn: Callable[[], Any]) -> tuple[Any, int, str | None]:
-        """Run fn with retries; returns (response or None, attempts, error)."""
+    def reset_breaker(self) -> None:
+        """Close the circuit breaker (e.g. at the start of a shard)."""
+        with self._lock:
+            self._transport_failures, self._last_transport_error, self._open_until = 0, "", 0.0
+
+    def _breaker_error(self) -> str | None:
+        with self._lock:
+            if self.breaker_threshold <= 0 or self._transport_failures < self.breaker_threshold:
+                return None
+            now = time.monotonic()
+            if now >= self._open_until:  # half-open: let this one call probe, keep the others out meanwhile
+                self._open_until = now + self.breaker_cooldown
+                return None
+            return (
+                f"circuit open: {self._transport_failures} consecutive transport failures "
+                f"(last: {self._last_transport_error}); request not sent"
+            )[:MAX_ERROR_CHARS]
+
+    def _record_outcome(self, transport_error: str | None) -> None:
+        with self._lock:
+            if transport_error is None:
+                self._transport_failures, self._last_transport_error, self._open_until = 0, "", 0.0
+                return
+            self._transport_failures += 1
+            self._last_transport_error = transport_error[:120]
+            if self._transport_failures == self.breaker_threshold:
+                self._open_until = time.monotonic() + self.breaker_cooldown
+
+    def _run_with_deadline(self, fn: Callable[[], Any], seconds: float) -> Any:
+        """fn() in a daemon thread, waited for at most `seconds`; _DeadlineExceeded when it is still running."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="llm-request", daemon=True).start()
+        if not done.wait(max(0.0, seconds)):
+            raise _DeadlineExceeded
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _call(self, fn: Callable[[], Any]) -> tuple[Any, int, str | None, bool]:
+        """Run fn with retries within the call's total deadline; returns (response or None, attempts, error,
+        retryable)."""
+        open_error = self._breaker_error()
+        if open_error is not None:
+            return None, 0, open_error, True
         attempts = 0
+        deadline_at = time.monotonic() + self.deadline
         while True:
             attempts += 1
             with self._lock:
                 self.requests_sent += 1
+            suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
             try:
-                return fn(), attempts, None
+                if attempts > 1 and time.monotonic() >= deadline_at:
+                    raise _DeadlineExceeded
+                result = self._run_with_deadline(fn, deadline_at - time.monotonic())
+            except _DeadlineExceeded:
+                error = f"timeout: no complete answer within the {self.deadline:g} s total deadline{suffix}"
+                self._record_outcome(error)
+                return None, attempts, error, True
             except Exception as exc:  # classify below; anything unexpected fails this item only
-                if self._retryable(exc) and attempts <= self.max_retries:
+                retryable = self._retryable(exc)
+                remaining = deadline_at - time.monotonic()
+                if retryable and attempts <= self.max_retries and remaining > 0:
                     with self._lock:
                         self.retries += 1
-                    self._sleep(self._delay(attempts - 1, exc))
+                    self._sleep(min(self._delay(attempts - 1, exc), remaining))  # never sleeps past the deadline
                     continue
-                suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
-                return None, attempts, self._describe(exc) + suffix
+                error = self._describe(exc) + suffix
+                self._record_outcome(error if retryable else None)
+                return None, attempts, error, retryable
+            self._record_outcome(None)
+            return result, attempts, None, False
 
     # -- public API ---------------------------------------------------------------------------------------------
 
@@ -222,11 +310,11 @@ class LLMClient:
             with self._lock:
                 self.cache_hits += 1
             return ChatResult(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
-        response, attempts, error = self._call(
+        response, attempts, error, retryable = self._call(
             lambda: self._client.chat.completions.create(model=self.model, messages=messages, **params)
         )
         if error is not None:
-            return ChatResult(None, attempts=attempts, error=error)
+            return ChatResult(None, attempts=attempts, error=error, retryable=retryable)
         try:
             text = response.choices[0].message.content
             usage = getattr(response, "usage", None)
@@ -265,7 +353,7 @@ class LLMClient:
                 todo.append(i)
         if todo:
             batch = [texts[i] for i in todo]
-            response, _, error = self._call(
+            response, _, error, retryable = self._call(
                 lambda: self._client.moderations.create(model=self.moderation_model, input=batch)
             )
             results = getattr(response, "results", None) if error is None else None
@@ -273,7 +361,7 @@ class LLMClient:
                 error = "malformed moderation response"
             for n, i in enumerate(todo):
                 if error is not None:
-                    out[i] = ModerationResult(False, error=error)
+                    out[i] = ModerationResult(False, error=error, retryable=retryable)
                     continue
                 r = results[n]
                 cats = getattr(r, "categories", None)
