@@ -173,3 +173,38 @@ def test_replace_folder_swaps_the_release_and_drops_stale_files(tmp_path, reques
     assert lake.read_bytes("release/README.md") == b"v2"
     assert lake.read_bytes("release/data/new.parquet") == b"new"
     assert not lake.has_bytes("release/data/old.parquet"), "files the new release lacks are removed"
+
+
+def test_moved_lake_is_never_read_at_its_old_location(tmp_path, monkeypatch, capsys):
+    """Copy a checkout's .ultraedit folder elsewhere and change the copy: `ultraedit sql` in the copy reads the copy's
+    lake (the views are re-pointed), not the original's; a warehouse refresh re-points them too."""
+    import shutil
+
+    from ultraedit_dagster import cli
+    from ultraedit_dagster.lake.warehouse import connect_reader, lake_root_of
+
+    old_home = tmp_path / "old" / ".ultraedit"
+    old_lake = Lake(str(old_home / "lake"))
+    old_lake.write_table("captions", "s-00000", _table(3))
+    with connect_writer(str(old_home / "warehouse.duckdb")) as con:
+        refresh_views(con, old_lake)
+    new_home = tmp_path / "new" / ".ultraedit"
+    shutil.copytree(old_home, new_home)
+    new_lake = Lake(str(new_home / "lake"))
+    new_lake.write_table("captions", "s-00001", _table(5))  # only the copy has this shard
+
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(new_home))
+    for name in ("ULTRAEDIT_LAKE", "ULTRAEDIT_WAREHOUSE"):
+        monkeypatch.delenv(name, raising=False)
+    capsys.readouterr()
+    assert cli.main(["sql", "SELECT count(*) AS n FROM captions; -- the copy holds 8 rows"]) == 0
+    captured = capsys.readouterr()
+    assert [c.strip("│ ") for c in captured.out.splitlines()].count("8") == 1, captured.out
+    assert "views re-pointed" in captured.err
+    con = connect_reader(str(new_home / "warehouse.duckdb"))
+    assert lake_root_of(con) == str(new_home.resolve() / "lake")
+    con.close()
+    # the original is untouched
+    con = connect_reader(str(old_home / "warehouse.duckdb"))
+    assert con.execute("SELECT count(*) FROM captions").fetchone()[0] == 3
+    con.close()
