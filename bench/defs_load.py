@@ -1,0 +1,107 @@
+"""Bench: how long the Dagster definitions take to load (what a code server pays on every start) and how fast the
+`ultraedit` command answers --help and an argument error.
+
+    .venv/bin/python -m bench.defs_load
+
+Each figure is the median wall time of fresh processes (`python -c "import ultraedit_dagster.definitions"`, then
+`python -m ultraedit_dagster.cli --help` / `materialize` without --shard), after one untimed warm-up run that fills
+the page cache and the .pyc files. Also printed: the modules the load imports that a code server should not need
+(torch and the other model libraries: none expected) and the five slowest imports of the definitions module
+(`-X importtime`).
+Targets (issue 13): definitions under 5 s on the idle 2-core development machine; --help and argument errors under
+1 s. Every figure is a wall time: run it when the machine is otherwise idle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from .common import REPO_ROOT, BenchResult, clean_env, median, print_result, quick, temp_home
+
+HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "segment_anything", "dagster_aws", "boto3")
+DEFS_TARGET_S = 5.0
+CLI_TARGET_S = 1.0
+
+
+def _timed(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return time.perf_counter() - t0, proc
+
+
+def _slowest_imports(stderr: str, n: int = 5) -> list[tuple[str, float]]:
+    top: list[tuple[str, float]] = []
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(2)) == 3:  # what ultraedit_dagster.definitions imports directly
+            top.append((m.group(3), int(m.group(1)) / 1e6))
+    return sorted(top, key=lambda t: -t[1])[:n]
+
+
+def run(context: dict | None = None) -> BenchResult:
+    repeats = 2 if quick() else 5
+    res = BenchResult("defs_load", "Definitions load time and CLI response", quick=quick())
+    py = sys.executable
+    with temp_home("ultraedit-bench-defs-") as home:
+        env = clean_env(home)
+        load = [py, "-c", "import ultraedit_dagster.definitions"]
+        probe = (
+            "import sys, json; import ultraedit_dagster.definitions; "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+        )
+        _, warm = _timed([py, "-c", probe], env)  # warm-up (untimed): page cache, .pyc files
+        if warm.returncode != 0:
+            res.error = f"the definitions do not load:\n{warm.stderr[-3000:]}"
+            return res
+        heavy = json.loads(warm.stdout.strip().splitlines()[-1])
+        defs_times = []
+        for _ in range(repeats):
+            seconds, proc = _timed(load, env)
+            if proc.returncode == 0:
+                defs_times.append(seconds)
+        defs_s = median(defs_times)
+        res.add(
+            "definitions load (fresh process)",
+            defs_s,
+            "s",
+            f"< {DEFS_TARGET_S:.0f} s",
+            None if defs_s is None else defs_s < DEFS_TARGET_S,
+            note=f"median of {len(defs_times)}; includes the interpreter start",
+        )
+        res.add(
+            "heavy modules imported by the load",
+            ", ".join(heavy) or "none",
+            target="none",
+            met=not heavy,
+        )
+        _, imp = _timed([py, "-X", "importtime", "-c", "import ultraedit_dagster.definitions"], env)
+        res.details["slowest_top_level_imports_s"] = _slowest_imports(imp.stderr)
+        res.notes.append(
+            "slowest top-level imports: "
+            + ", ".join(f"{m} {s:.2f} s" for m, s in res.details["slowest_top_level_imports_s"])
+        )
+        for label, argv, code in (
+            ("ultraedit --help", ["--help"], 0),
+            ("argument error (materialize without --shard)", ["materialize"], 2),
+        ):
+            times = []
+            for _ in range(repeats):
+                seconds, proc = _timed([py, "-m", "ultraedit_dagster.cli", *argv], env)
+                if proc.returncode == code:
+                    times.append(seconds)
+            value = median(times)
+            res.add(label, value, "s", f"< {CLI_TARGET_S:.0f} s", None if value is None else value < CLI_TARGET_S)
+        base_s, _ = _timed([py, "-c", "pass"], env)
+        res.details["interpreter_start_s"] = base_s
+        res.details["load_avg_1min"] = os.getloadavg()[0]
+        res.notes.append(f"1-minute load average during the bench: {os.getloadavg()[0]:.1f} (figures are wall times)")
+    return res
+
+
+if __name__ == "__main__":
+    print_result(run())
