@@ -89,17 +89,39 @@ def views_are_stale(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
     return recorded is not None and recorded != lake_location(lake)
 
 
+def httpfs_extension_path() -> Path:
+    """The httpfs extension file shipped by the `duckdb-extension-httpfs` package for this DuckDB version."""
+    from importlib import resources
+
+    try:
+        package = resources.files("duckdb_extension_httpfs")
+    except ModuleNotFoundError as exc:
+        raise WarehouseError(
+            "the lake is on S3 but the duckdb-extension-httpfs package is not installed (`make setup` installs it)"
+        ) from exc
+    path = Path(str(package)) / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    if not path.is_file():
+        raise WarehouseError(
+            f"duckdb-extension-httpfs has no httpfs for DuckDB {duckdb.__version__} ({path} is missing): install the "
+            "duckdb-extension-httpfs version equal to duckdb's (pinned together in pyproject.toml)"
+        )
+    return path
+
+
+def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
+    """Load httpfs from its Python package (never downloaded: auto-install is off in every connection)."""
+    path = httpfs_extension_path()
+    try:
+        con.execute(f"LOAD {sql_string(str(path))}")
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot load DuckDB's httpfs extension from {path}: {exc}") from exc
+
+
 def configure_lake_access(con: duckdb.DuckDBPyConnection, lake: Lake, s3_settings: dict | None = None) -> None:
     """For an S3 lake, load httpfs and register the endpoint and credentials as a (session) secret."""
     if not lake.is_s3:
         return
-    try:
-        con.execute("LOAD httpfs")
-    except duckdb.Error as exc:
-        raise WarehouseError(
-            "the lake is on S3 but DuckDB's httpfs extension is not installed; run `INSTALL httpfs` once on a machine "
-            f"with internet access (or copy the extension into ~/.duckdb/extensions): {exc}"
-        ) from exc
+    load_httpfs(con)
     s3 = s3_settings or {}
     endpoint = (s3.get("endpoint_url") or "").removeprefix("https://").removeprefix("http://")
     params = {
