@@ -204,7 +204,9 @@ def print_summary(lake, title: str = "lake summary", queries: bool = True) -> No
 
     print(f"\n== ultraedit {title} ==")
     print(f"{'asset':<20}{'shards':>8}{'rows':>8}{'ok':>8}{'failed':>8}")
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    from ultraedit_dagster.lake.warehouse import CONNECTION_CONFIG
+
+    con = duckdb.connect(config=dict(CONNECTION_CONFIG))
     for asset in SHARD_ASSETS:
         shards = lake.list_shards(asset)
         if not shards:
@@ -254,7 +256,7 @@ def run_sql(con, query: str, max_rows: int = 40, out=None) -> None:
     shown = rows[:max_rows]
     columns = list(zip(*shown, strict=True)) if shown else [[] for _ in names]
     table = pa.Table.from_arrays([pa.array(list(c)) for c in columns], names=names)
-    text = str(duckdb.connect().from_arrow(table))
+    text = str(duckdb.connect(config={"autoinstall_known_extensions": False}).from_arrow(table))
     if len(rows) > max_rows:
         text += f"(first {max_rows} rows shown; --max-rows N shows more)\n"
     print(text, file=out or sys.stdout, end="")

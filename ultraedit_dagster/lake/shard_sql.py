@@ -4,7 +4,7 @@ import duckdb
 
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import LakeError
-from ultraedit_dagster.lake.warehouse import sql_string
+from ultraedit_dagster.lake.warehouse import CONNECTION_CONFIG, sql_string
 
 
 def shard_connection(
@@ -17,7 +17,7 @@ def shard_connection(
     callers; the only literal here is a lake path built from validated asset and shard names.
     """
     the_lake = lake.lake
-    con = duckdb.connect()
+    con = duckdb.connect(config=dict(CONNECTION_CONFIG))
     if the_lake.is_s3:
         con.register("t", the_lake.read_table(asset, shard, columns=columns))
         return con
