@@ -12,7 +12,8 @@ from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
 from ultraedit_dagster.regions import mask_math as mm
 from ultraedit_dagster.regions.assets import region_masks
-from ultraedit_dagster.regions.rows import ASSET, MASK_COLUMNS, MASK_QC
+from ultraedit_dagster.regions.object_selection import full_mask_reason
+from ultraedit_dagster.regions.rows import ASSET, MASK_COLUMNS, MASK_QC, OBJECT_NOT_FOUND, OBJECT_NOT_IN_IMAGE
 
 BINARY_MASKS = tuple(c for c in MASK_COLUMNS if c != "soft_mask")
 
@@ -137,10 +138,10 @@ def region_masks_qc_failure_rate(
     def one_shard(shard: str) -> dg.AssetCheckResult:
         con = shard_connection(lake, ASSET, shard)
         prefix = f"{MASK_QC}:%"
-        masked, qc_failed, no_detection = con.execute(
+        masked, qc_failed, not_found, not_in_image = con.execute(
             "SELECT count(*) FILTER (WHERE qc IS NOT NULL OR error LIKE ?), count(*) FILTER (WHERE error LIKE ?), "
-            "count(*) FILTER (WHERE error LIKE 'no detection:%') FROM t",
-            [prefix, prefix],
+            "count(*) FILTER (WHERE error LIKE ?), count(*) FILTER (WHERE error LIKE ?) FROM t",
+            [prefix, prefix, f"{OBJECT_NOT_FOUND}:%", f"{OBJECT_NOT_IN_IMAGE}:%"],
         ).fetchone()
         reasons = dict(
             con.execute(
@@ -157,7 +158,8 @@ def region_masks_qc_failure_rate(
                 "qc_failed": qc_failed,
                 "qc_failure_rate": rate,
                 "max_qc_failure_rate": limit,
-                "no_detection": no_detection,
+                "object_not_found": not_found,
+                "object_not_in_image": not_in_image,
                 "top_qc_reasons": str(reasons),
             },
         )
@@ -165,4 +167,44 @@ def region_masks_qc_failure_rate(
     return check_each_shard(context, one_shard)
 
 
-asset_checks = [region_masks_valid_masks, region_masks_ok_rows_have_masks, region_masks_qc_failure_rate]
+def local_full_mask_rows(rows: list[dict]) -> list[str]:
+    """Ok rows with a full-image mask (area 1.0 or edit_object NONE) whose edit is local: none may exist."""
+    bad = []
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        full = row["edit_object"] == "NONE" or (row["mask_area_fraction"] or 0.0) >= 1.0
+        if full and not full_mask_reason(row["instruction"] or "", row["edit_type"]):
+            bad.append(f"{row['instruction_uid']}: {row['edit_type']} {row['instruction']!r}")
+    return bad
+
+
+@dg.asset_check(
+    asset=region_masks,
+    blocking=True,
+    description="No ok row gives a local edit (Add, Replace, Change Local, ...) a full-image mask: full masks are "
+    "only for edits that are global by nature (docs/method.md §4).",
+)
+def region_masks_no_full_mask_for_local_edits(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource
+) -> dg.AssetCheckResult:
+    def one_shard(shard: str) -> dg.AssetCheckResult:
+        bad: list[str] = []
+        cols = ["instruction_uid", "instruction", "edit_type", "edit_object", "mask_area_fraction", "status"]
+        for batch in lake.lake.iter_batches(ASSET, shard, batch_size=1024, columns=cols):
+            bad += local_full_mask_rows(batch.to_pylist())
+        return dg.AssetCheckResult(
+            passed=not bad,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"bad_rows": len(bad), "examples": "\n".join(bad[:5])},
+        )
+
+    return check_each_shard(context, one_shard)
+
+
+asset_checks = [
+    region_masks_valid_masks,
+    region_masks_ok_rows_have_masks,
+    region_masks_qc_failure_rate,
+    region_masks_no_full_mask_for_local_edits,
+]

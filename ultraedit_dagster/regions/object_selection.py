@@ -31,6 +31,15 @@ VOCABULARY_FILE = "object_vocabulary.txt"
 # changing the scene / style. Everything else is decided from the text.
 NONE_EDIT_TYPES = frozenset({"Add", "Change Global", "Transform Global"})
 
+# Edit types that are global by nature: their region is the whole image, so a NONE selection gets a full-image mask
+# (docs/method.md §4). Every other type is local: NONE, or an object that cannot be grounded, fails the row.
+FULL_MASK_EDIT_TYPES = frozenset({"Turn", "Change Global", "Transform Global"})
+# "Others" holds whole-image operations too (flip, mirror, rotate, zoom, crop, viewpoint): these also get a full mask.
+_WHOLE_IMAGE_OPS = re.compile(
+    r"^\s*(?:please\s+)?(?:flip|mirror|rotate|zoom|crop|tilt|pan)\b|"
+    r"\b(?:from above|from below|bird'?s[- ]eye|viewpoint|point of view|camera angle|wide[- ]angle|close[- ]up)\b"
+)
+
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 _ARTICLES = {"a", "an", "the", "some", "this", "that", "these", "those", "his", "her", "its", "their"}
 
@@ -209,6 +218,27 @@ def whole_image_reason(instruction: str, edit_type: str | None = None) -> str:
     return ""
 
 
+def full_mask_reason(instruction: str, edit_type: str | None) -> str:
+    """Why a full-image mask is the right region for this edit, or '' when the edit is local (it needs an object).
+
+    Full masks only for the types global by nature (Turn, Change Global, Transform Global) and for untyped or Others
+    instructions that address the whole image ("make it snowy", "flip the image", "zoom out"). Add, Replace, Change
+    Local, Transform Local, Change Color and the object edits of Others (remove, move, text) are local."""
+    if edit_type in FULL_MASK_EDIT_TYPES:
+        return f"edit type {edit_type} is global by nature"
+    if edit_type in (None, "", "Others"):
+        text = " ".join(words(instruction))
+        if _WHOLE_IMAGE.match(text) or _WHOLE_IMAGE_OPS.search(text):
+            return "the instruction edits the whole image"
+    return ""
+
+
+def objects_in_tags(objects: Sequence[str], tags: Sequence[str]) -> list[str]:
+    """The objects whose head noun (normalised) is a word of one of the image's tags."""
+    tag_words = {t for tag in tags for t in _norm_tokens(tag)}
+    return [o for o in objects if (_norm_tokens(o) or [""])[-1] in tag_words]
+
+
 def select_by_rules(
     instruction: str,
     source_caption: str,
@@ -361,33 +391,102 @@ def selection_prompt(instruction: str, source_caption: str, target_caption: str,
 
 
 class SelectionParseError(ValueError):
-    """An LLM answer that is neither NONE nor a short list of objects."""
+    """An LLM answer that is neither NONE nor a short list of objects found in the instruction, captions or tags."""
 
 
 _PREFIX = re.compile(r"^\s*(?:answer|objects?|object\(s\)|edit[_ ]object|output)\s*[:=-]\s*", re.IGNORECASE)
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022+]|\(?\d{1,2}[.):]|\(?[a-z][.)])\s+", re.IGNORECASE)
+# Hedges and sentence frames around the answer: "I think NONE", "The object is the dog.", "The objects are: x, y".
+_HEDGE = re.compile(
+    r"^(?:(?:i\s+(?:think|believe|would\s+say|guess)|probably|likely|maybe|perhaps|so|therefore|thus|final\s+answer|"
+    r"my\s+answer\s+is|the\s+answer\s+is|answer\s+is|it\s+is|it'?s|"
+    r"the\s+(?:edited\s+|edit\s+|target\s+|selected\s+|main\s+)?objects?\s+(?:is|are|would\s+be|to\s+edit\s+(?:is|are))|"
+    r"objects?\s+(?:is|are))\b\s*[:,-]?\s*)+",
+    re.IGNORECASE,
+)
+# Whole answers that mean "no object": NONE and its spellings.
+_NONE_ANSWERS = frozenset(
+    {
+        "none",
+        "n/a",
+        "na",
+        "n.a",
+        "nil",
+        "null",
+        "nothing",
+        "no object",
+        "no objects",
+        "no specific object",
+        "whole image",
+        "the whole image",
+        "entire image",
+        "the entire image",
+        "none of them",
+    }
+)
 
 
-def parse_selection(answer: str, max_objects: int = MAX_OBJECTS, max_words: int = 6) -> tuple[str, ...]:
+def _clean_line(line: str) -> str:
+    line = _LIST_MARKER.sub("", line)
+    line = re.sub(r"[*_`\"\u201c\u201d]+", "", line)  # markdown emphasis and quotes
+    line = _PREFIX.sub("", line).strip()
+    line = re.sub(r"\s*\([^)]*\)\s*", " ", line)  # a parenthetical explanation: "dog (the animal)"
+    line = _HEDGE.sub("", line.strip()).strip()
+    return line.strip(" \t.!:;'")
+
+
+def _is_none(line: str) -> bool:
+    text = " ".join(line.lower().replace("'", "").split()).strip(" .!")
+    return text in _NONE_ANSWERS
+
+
+def parse_selection(
+    answer: str,
+    max_objects: int = MAX_OBJECTS,
+    max_words: int = 6,
+    *,
+    instruction: str | None = None,
+    source_caption: str | None = None,
+    tags: Sequence[str] | None = None,
+) -> tuple[str, ...]:
     """Objects from an LLM answer ('dog', 'dog, cat', 'NONE'); empty tuple for NONE.
 
-    The first non-empty line is read (code fences and an 'Answer:' prefix are tolerated). More than `max_objects`
-    objects keeps the first `max_objects`; an empty answer or a sentence-like object raises SelectionParseError.
+    Read strictly: code fences, an 'Answer:' prefix, list markers, markdown, quotes and a hedge or sentence frame
+    ("I think NONE", "The object is the dog.") are removed; NONE, N/A, 'none.' and similar mean NONE; a numbered or
+    bulleted list gives one object per item; otherwise the first line is the answer (an explanation after it is
+    ignored). An empty answer, a sentence-like object (more than `max_words` words), or NONE mixed with objects raises
+    SelectionParseError. More than `max_objects` objects keeps the first `max_objects`.
+
+    When the context is given (instruction, source caption, tags), every object must be a phrase found in it after
+    light normalisation (lower case, articles and possessives dropped, plurals singularized; all its words in one of
+    the texts, its last word included), so an invented phrase never reaches the grounder.
     """
-    text = (answer or "").replace("```", "\n")
+    text = re.sub(r"```[A-Za-z]*", "\n", answer or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise SelectionParseError("empty answer")
-    line = _PREFIX.sub("", lines[0]).strip()
-    if not line and len(lines) > 1:
-        line = lines[1]
-    if re.fullmatch(r"[\s\"'`*.]*none[\s\"'`*.]*", line, flags=re.IGNORECASE):
+    head = _clean_line(lines[0])
+    listed = [ln for ln in lines if _LIST_MARKER.match(ln)]
+    if len(listed) >= 2 and (_LIST_MARKER.match(lines[0]) or not head):
+        parts = [_clean_line(ln) for ln in listed]  # "1. dog\n2. cat", "Objects:\n- dog\n- cat"
+    else:
+        if not head and len(lines) > 1:  # "Answer:" on its own line
+            head = _clean_line(lines[1])
+        if _is_none(head):
+            return ()
+        parts = re.split(r"\s*(?:,|;|\band\b|&)\s*", head)
+    parts = [p for p in parts if p]
+    if not parts:
+        raise SelectionParseError(f"no object in answer {lines[0][:80]!r}")
+    nones = [p for p in parts if _is_none(p)]
+    if nones and len(nones) == len(parts):
         return ()
+    if nones:
+        raise SelectionParseError(f"answer {lines[0][:80]!r} mixes NONE with objects")
     objects: list[str] = []
-    for part in re.split(r"[,;]", line):
+    for part in parts:
         tokens = [t for t in words(part) if t not in _ARTICLES]
         if not tokens:
-            continue
-        if tokens == ["none"]:
             continue
         if len(tokens) > max_words:
             raise SelectionParseError(f"object {part.strip()[:60]!r} is longer than {max_words} words")
@@ -395,7 +494,42 @@ def parse_selection(answer: str, max_objects: int = MAX_OBJECTS, max_words: int 
         if phrase not in objects:
             objects.append(phrase)
     if not objects:
-        if re.search(r"\bnone\b", line, flags=re.IGNORECASE):
-            return ()
         raise SelectionParseError(f"no object in answer {lines[0][:80]!r}")
-    return tuple(objects[:max_objects])
+    objects = objects[:max_objects]
+    if instruction is not None or source_caption is not None or tags is not None:
+        for obj in objects:
+            if not phrase_in_context(obj, instruction or "", source_caption or "", tags or ()):
+                raise SelectionParseError(
+                    f"object {obj!r} is not in the tags, the source caption or the instruction (invented phrase)"
+                )
+    return tuple(objects)
+
+
+def _norm_tokens(text: str) -> list[str]:
+    return [_singular_any(t) for t in words(text) if t not in _ARTICLES]
+
+
+def _singular_any(word: str) -> str:
+    """A rough singular without a lexicon, for comparing phrases ("dogs" ~ "dog", "boxes" ~ "box")."""
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ches", "shes", "xes", "sses", "zes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def phrase_in_context(phrase: str, instruction: str, source_caption: str, tags: Sequence[str]) -> bool:
+    """True when every word of `phrase` (normalised) occurs in one of the tags, the source caption or the instruction,
+    and its head (last word) is among them: 'red door' is in 'A red wooden door.', 'purple unicorn' is not."""
+    ph = _norm_tokens(phrase)
+    if not ph:
+        return False
+    for text in (source_caption, instruction, *tags):
+        toks = set(_norm_tokens(text))
+        if ph[-1] in toks and all(t in toks for t in ph):
+            return True
+    return False

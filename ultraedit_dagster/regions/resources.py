@@ -145,16 +145,29 @@ class ObjectSelectorResource(dg.ConfigurableResource):
             ]
             for r in requests
         ]
-        results = self._llm().chat_many(messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        client = self._llm()
+        params = dict(temperature=self.temperature, max_tokens=self.max_tokens)
+        results = client.chat_many(messages, **params)
         out = []
-        for res in results:
+        for req, msgs, res in zip(requests, messages, results, strict=True):
             if not res.ok:
                 out.append(RuntimeError(f"LLM error: {res.error}"))
                 continue
             try:
-                objects = parse_selection(res.text or "", max_objects=self.max_objects)
+                # strict: NONE variants, lists and sentences are read; an object not found in the tags, the source
+                # caption or the instruction is refused, never sent to the grounder
+                objects = parse_selection(
+                    res.text or "",
+                    max_objects=self.max_objects,
+                    instruction=req["instruction"],
+                    source_caption=req["source_caption"],
+                    tags=req.get("tags") or (),
+                )
             except SelectionParseError as exc:
-                out.append(exc)
+                forget = getattr(client, "forget", None)
+                if forget is not None:
+                    forget(msgs, **params)  # an unusable answer is not kept: the next run asks again
+                out.append(SelectionParseError(f"object selection failed: {exc} (answer {(res.text or '')[:80]!r})"))
                 continue
             out.append(
                 ObjectSelection(

@@ -13,7 +13,13 @@ from PIL import Image
 from ultraedit_dagster.core.imaging import encode_png
 from ultraedit_dagster.core.rows import mark_failed, source_images_of
 from ultraedit_dagster.regions import mask_math as mm
-from ultraedit_dagster.regions.object_selection import NONE_OBJECT, ObjectSelection, grounding_text
+from ultraedit_dagster.regions.object_selection import (
+    NONE_OBJECT,
+    ObjectSelection,
+    full_mask_reason,
+    grounding_text,
+    objects_in_tags,
+)
 
 ASSET = "region_masks"
 IMAGE_BATCH = 8
@@ -49,8 +55,11 @@ REGION_MASKS_SCHEMA = pa.schema(
     ]
 )
 
-# outcome categories for metadata and checks (the prefix of `error`)
-UPSTREAM, NO_DETECTION, MASK_QC = "upstream", "no detection", "mask qc"
+# outcome categories for metadata and checks (the prefix of `error`). A local edit whose object the selector cannot
+# name, or the grounder cannot box while the tags hold it, is `object_not_found`; a named object that neither the
+# tags nor the grounder see is `object_not_in_image` (docs/method.md §4).
+UPSTREAM, MASK_QC = "upstream", "mask qc"
+OBJECT_NOT_FOUND, OBJECT_NOT_IN_IMAGE = "object_not_found", "object_not_in_image"
 
 
 def _mask_png(mask: np.ndarray) -> bytes:
@@ -156,6 +165,16 @@ def process_images(
         assert isinstance(sel, ObjectSelection)
         row["edit_object"], row["selection_reason"] = sel.edit_object, sel.reason or None
         if sel.is_none:
+            whole = full_mask_reason(row["instruction"] or "", row["edit_type"])
+            if not whole:
+                # a local edit never falls back to a full-image mask
+                fail(
+                    row,
+                    f"{OBJECT_NOT_FOUND}: {row['edit_type'] or 'untyped'} is a local edit and no object of the "
+                    f"image was selected ({sel.reason or 'NONE'})",
+                )
+                continue
+            row["selection_reason"] = f"{sel.reason}; {whole}" if sel.reason else whole
             image = pil[row["image_uid"]]
             _fill_masks(row, mm.full_image_masks(image.height, image.width))
             continue
@@ -173,10 +192,19 @@ def process_images(
             continue
         row["grounder_id"] = grounder.model_id
         if len(det) == 0:
-            fail(
-                row,
-                f"{NO_DETECTION}: no box for {row['grounding_text']!r} above box threshold {grounder.box_threshold}",
-            )
+            objects = [o.strip() for o in row["edit_object"].split(",")]
+            if objects_in_tags(objects, row["tags"]):
+                fail(
+                    row,
+                    f"{OBJECT_NOT_FOUND}: no box for {row['grounding_text']!r} above box threshold "
+                    f"{grounder.box_threshold}",
+                )
+            else:
+                fail(
+                    row,
+                    f"{OBJECT_NOT_IN_IMAGE}: {row['edit_object']!r} is neither among the image's tags nor detected "
+                    f"(box threshold {grounder.box_threshold})",
+                )
             continue
         row["boxes"] = [[float(v) for v in b] for b in det.boxes]
         row["box_scores"] = [float(s) for s in det.scores]
@@ -233,7 +261,7 @@ def outcome(row: dict) -> str:
     if row["status"] == "ok":
         return "whole image (NONE)" if row["edit_object"] == NONE_OBJECT else "ok"
     err = row["error"] or ""
-    for prefix in (NO_DETECTION, MASK_QC):
+    for prefix in (OBJECT_NOT_FOUND, OBJECT_NOT_IN_IMAGE, MASK_QC):
         if err.startswith(prefix):
             return prefix
     if err.startswith(("source_images:", "edit_instructions:")):

@@ -241,9 +241,17 @@ def is_known_edit_type(name: object) -> bool:
     return isinstance(name, str) and name in EDIT_TYPES
 
 
-def choose_mode(global_seed: int, instruction_uid: str, region_fraction: float) -> str:
-    """'region' for about `region_fraction` of triplets, chosen deterministically from the instruction uid."""
+# Types that region mode cannot serve: an added object is not in the source image, so there is nothing to ground and
+# a full-image mask would make the "region" edit a free-form one (docs/method.md §4).
+NOT_REGION_TYPES = frozenset({"Add"})
+
+
+def choose_mode(global_seed: int, instruction_uid: str, region_fraction: float, edit_type: str | None = None) -> str:
+    """'region' for about `region_fraction` of triplets, chosen deterministically from the instruction uid; always
+    'free_form' for the types in NOT_REGION_TYPES (the draw is the same, so other triplets keep their mode)."""
     if not 0.0 <= region_fraction <= 1.0:
         raise ValueError(f"region_fraction must be in [0, 1], got {region_fraction}")
     draw = rng_for(global_seed, instruction_uid, "mode").random()
+    if edit_type in NOT_REGION_TYPES:
+        return "free_form"
     return "region" if draw < region_fraction else "free_form"

@@ -413,7 +413,7 @@ def instruction_rows(
                     "instruction": ins,
                     "target_caption": tgt,
                     "edit_type": et if et in EDIT_TYPES else "Others",
-                    "mode": choose_mode(global_seed, iuid, s.region_fraction),
+                    "mode": choose_mode(global_seed, iuid, s.region_fraction, et if et in EDIT_TYPES else "Others"),
                     "llm_id": s.llm_id,
                     "caption_desc": c.get("caption_desc"),
                     "near_duplicate": False,
