@@ -195,7 +195,7 @@ def test_rows_per_candidate_and_failures_with_reasons(run):
         "clip_sim_target",
         "dinov2_sim",
     }
-    assert "data:image/png;base64" in cand_md["preview"].value
+    assert "data:image/jpeg;base64" in cand_md["preview"].value
 
 
 def test_region_masks_not_materialized_gives_failed_rows(run):

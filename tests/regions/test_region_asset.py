@@ -160,7 +160,7 @@ def test_metadata_and_checks(materialized):
     assert md["rows"].value == 6
     outcomes = md["outcomes"].value
     assert outcomes["upstream"] == 3 and outcomes["whole image (NONE)"] == 1 and sum(outcomes.values()) == 6
-    assert "data:image/png;base64," in md["preview"].value or "no ok region rows" in md["preview"].value
+    assert "data:image/jpeg;base64," in md["preview"].value or "no ok region rows" in md["preview"].value
     evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evals) == {
         c.check_specs_by_output_name[next(iter(c.check_specs_by_output_name))].name for c in region_checks.asset_checks

@@ -122,7 +122,7 @@ def test_every_input_case_gives_a_row_with_its_reason(lake, instance, shard_with
     assert rows["exif_rotated.jpg"]["width"] == 400
     mat = result.asset_materializations_for_node("source_images")[0]
     assert mat.metadata["failed"].value == sum(1 for s, _ in cases.values() if s == "failed")
-    assert "data:image/png;base64," in mat.metadata["preview"].value
+    assert "data:image/jpeg;base64," in mat.metadata["preview"].value
 
 
 def test_exif_rotation_and_alpha_are_applied():

@@ -119,7 +119,35 @@ def thumbnail_grid(images: list[Image.Image], columns: int = 4, thumb: int = 128
     return grid
 
 
+# Event metadata lives in the instance database for every materialization of every shard: an embedded preview is
+# bounded so that one shard's metadata stays far below 100 KB (4,000 shards of unbounded PNG grids put ~6 GB into the
+# database). Full-size previews go to the lake as files (`LakeResource.write_preview`).
+MAX_EMBEDDED_PREVIEW_BYTES = 40_000  # JPEG bytes; base64 in markdown adds a third (~54 KB of text at most)
+MAX_EMBEDDED_PREVIEW_SIDE = 512
+
+
+def bounded_jpeg(
+    image: Image.Image, max_bytes: int = MAX_EMBEDDED_PREVIEW_BYTES, max_side: int = MAX_EMBEDDED_PREVIEW_SIDE
+) -> bytes:
+    """`image` as a JPEG of at most `max_bytes` (longest side at most `max_side`): quality, then size, come down
+    until it fits."""
+    img = image.convert("RGB")
+    if max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side))
+    while True:
+        for quality in (80, 65, 50, 35):
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=quality, optimize=True)
+            data = buf.getvalue()
+            if len(data) <= max_bytes:
+                return data
+        if max(img.size) <= 16:
+            return data
+        img = img.resize((max(1, img.width * 3 // 4), max(1, img.height * 3 // 4)))
+
+
 def markdown_image(image: Image.Image, alt: str = "preview") -> str:
-    """Markdown that the Dagster UI renders inline (a PNG data URL)."""
-    data = base64.b64encode(encode_png(image)).decode("ascii")
-    return f"![{alt}](data:image/png;base64,{data})"
+    """Markdown that the Dagster UI renders inline: a bounded JPEG data URL (`bounded_jpeg`), never a full PNG."""
+    data = base64.b64encode(bounded_jpeg(image)).decode("ascii")
+    return f"![{alt}](data:image/jpeg;base64,{data})"

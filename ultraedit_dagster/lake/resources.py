@@ -13,6 +13,7 @@ from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH
 # Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource.
 
 DEFAULT_LAKE_ROOT = ".ultraedit/lake"
+PREVIEW_DIR = "previews"  # <lake>/previews/<asset>/shard=<key>.png: one small preview file per shard and asset
 
 
 class S3Connection(dg.ConfigurableResource):
@@ -67,6 +68,27 @@ class LakeResource(dg.ConfigurableResource):
             "aws_secret_access_key": s3.aws_secret_access_key,
             "region_name": s3.region_name,
         }
+
+    def write_preview(self, asset: str, shard: str, image) -> str:
+        """Write a shard's preview image (PNG, at the size given) to `previews/<asset>/shard=<key>.png` in the lake,
+        one small file per shard that a re-run replaces; returns its URI (local path or s3://)."""
+        from ultraedit_dagster.core.imaging import encode_png
+        from ultraedit_dagster.core.partitions import validate_shard_key
+        from ultraedit_dagster.lake.store import validate_asset_name
+
+        relpath = f"{PREVIEW_DIR}/{validate_asset_name(asset)}/shard={validate_shard_key(shard)}.png"
+        return self.lake.write_bytes(relpath, encode_png(image))
+
+    def preview_metadata(self, asset: str, shard: str, image, alt: str = "preview") -> dict:
+        """Metadata for a shard's preview: the full preview as a lake file (`preview_file`) and a bounded thumbnail
+        embedded in markdown (`preview`, at most ~54 KB of text: core.imaging.bounded_jpeg)."""
+        import dagster as dg
+
+        from ultraedit_dagster.core.imaging import markdown_image
+
+        uri = self.write_preview(asset, shard, image)
+        link = dg.MetadataValue.url(uri) if uri.startswith("s3://") else dg.MetadataValue.path(uri)
+        return {"preview": dg.MetadataValue.md(markdown_image(image, alt)), "preview_file": link}
 
     @property
     def lake(self) -> Lake:
