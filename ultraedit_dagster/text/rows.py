@@ -75,6 +75,8 @@ EDIT_INSTRUCTIONS_SCHEMA = pa.schema(
         ("llm_cached", pa.bool_()),
         ("source_replaced", pa.bool_()),  # the model altered the caption; the sent caption was used instead
         ("parse_note", pa.string()),
+        ("target_clip_tokens", pa.int32()),  # the target caption's CLIP tokens as written (with start / end)
+        ("target_truncated", pa.bool_()),  # the target was cut to fit CLIP's window (the edit stays inside it)
     ]
 )
 
@@ -103,6 +105,42 @@ def fit_clip_tokens(text: str, max_tokens: int = MAX_CLIP_TOKENS) -> tuple[str, 
         else:
             hi = mid - 1
     return " ".join(words[:lo]).rstrip(",;:"), True, n
+
+
+@dataclass(frozen=True)
+class ClipFit:
+    """A triplet's captions against CLIP's window: the target to use (None when rejected), whether it was cut, the
+    target's original token count, and the reason when rejected."""
+
+    target: str | None
+    truncated: bool
+    target_tokens: int
+    reason: str = ""
+
+
+def fit_edit_in_clip_window(source: str, target: str, max_tokens: int = MAX_CLIP_TOKENS) -> ClipFit:
+    """Source and target captions are diffusion prompts and CLIP metric texts, so both must fit `max_tokens` CLIP
+    tokens (docs/method.md §1). A source over the window is rejected (the captions stage already cuts caption_short).
+    A target over the window is repaired by cutting it at a word boundary when every word the edit changes lies inside
+    the part that fits; when the edit reaches past the window (e.g. an object appended at the end) it is rejected,
+    because CLIP would never see the edit."""
+    import difflib
+
+    if clip_token_count(source) > max_tokens:
+        return ClipFit(None, False, clip_token_count(target), f"source caption over {max_tokens} CLIP tokens")
+    n = clip_token_count(target)
+    if n <= max_tokens:
+        return ClipFit(target, False, n)
+    fitted, _, _ = fit_clip_tokens(target, max_tokens)
+    src_words, tgt_words = source.lower().split(), target.lower().split()
+    ops = difflib.SequenceMatcher(a=src_words, b=tgt_words, autojunk=False).get_opcodes()
+    last_changed = max((j2 for tag, _, _, _, j2 in ops if tag != "equal"), default=0)
+    kept = len(fitted.split())
+    # the cut keeps every changed word, and removes at least one word of the source too (so the source's tail, which
+    # CLIP also never sees, is what is lost, not the edit)
+    if last_changed <= kept and kept < len(tgt_words):
+        return ClipFit(fitted, True, n)
+    return ClipFit(None, False, n, f"edit beyond CLIP's {max_tokens}-token window")
 
 
 def png_data_url(png: bytes) -> str:
@@ -226,6 +264,8 @@ def _failed_row(cap: dict, shard: str, profile: str, llm_id: str, error: str, to
             "llm_cached": False,
             "source_replaced": False,
             "parse_note": None,
+            "target_clip_tokens": None,
+            "target_truncated": None,
         },
         error,
     )
@@ -275,7 +315,7 @@ def instruction_rows(
 
     # 1. candidate triplets per image: (triplets with types, tokens, cached, prompt_sha) or an error
     outcomes: dict[
-        str, tuple[list[tuple[str, str, str, str | None, bool, str]], tuple[int, int], bool, str | None] | _Failure
+        str, tuple[list[tuple[str, str, str, str | None, bool, ClipFit]], tuple[int, int], bool, str | None] | _Failure
     ] = {}
     if s.backend == "template":
         for c in ok_caps:
@@ -284,10 +324,13 @@ def instruction_rows(
             trip, rejected = [], Counter()
             for e in edits:
                 v = validate_triplet(Triplet(c["caption_short"], e.instruction, e.target), c["caption_short"])
+                fit = fit_edit_in_clip_window(v.triplet.source, v.triplet.target) if v.triplet else None
                 if v.triplet is None:
                     rejected[v.reason] += 1
+                elif fit.target is None:
+                    rejected[fit.reason] += 1
                 else:
-                    trip.append((v.triplet.source, v.triplet.instruction, v.triplet.target, e.edit_type, False, ""))
+                    trip.append((v.triplet.source, v.triplet.instruction, fit.target, e.edit_type, False, fit))
             stats.triplets_rejected.update(rejected)
             if trip:
                 outcomes[c["uid"]] = (trip, (0, 0), False, None)
@@ -326,8 +369,12 @@ def instruction_rows(
                 if v.triplet is None:
                     rejected[v.reason] += 1
                     continue
+                fit = fit_edit_in_clip_window(v.triplet.source, v.triplet.target)
+                if fit.target is None:
+                    rejected[fit.reason] += 1
+                    continue
                 et = classify_edit_type(v.triplet.instruction, v.triplet.source, v.triplet.target)
-                trip.append((v.triplet.source, v.triplet.instruction, v.triplet.target, et, False, ""))
+                trip.append((v.triplet.source, v.triplet.instruction, fit.target, et, False, fit))
             if trip and s.moderation:
                 mods = client.moderate([f"{t[1]}\n{t[2]}" for t in trip])
                 outage = next((m.error for m in mods if m.error), None)
@@ -399,7 +446,7 @@ def instruction_rows(
         stats.completion_tokens += ct
         stats.cached_replies += int(cached)
         rows = []
-        for i, ((src, ins, tgt, et, replaced, _), p_tok, c_tok) in enumerate(
+        for i, ((src, ins, tgt, et, replaced, fit), p_tok, c_tok) in enumerate(
             zip(unique, _split_tokens(pt, len(unique)), _split_tokens(ct, len(unique)), strict=True)
         ):
             stats.source_replaced += int(replaced)
@@ -427,9 +474,17 @@ def instruction_rows(
                     "llm_cached": cached,
                     "source_replaced": replaced,
                     "parse_note": "; ".join(
-                        note + (["source caption replaced by the sent caption"] if replaced else [])
+                        note
+                        + (["source caption replaced by the sent caption"] if replaced else [])
+                        + (
+                            [f"target cut from {fit.target_tokens} to {MAX_CLIP_TOKENS} CLIP tokens"]
+                            if fit.truncated
+                            else []
+                        )
                     )
                     or None,
+                    "target_clip_tokens": fit.target_tokens,
+                    "target_truncated": fit.truncated,
                 }
             )
         per_image[uid] = rows
