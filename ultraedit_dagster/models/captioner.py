@@ -122,7 +122,33 @@ def generate_captions(
         )
     shorts = processor.batch_decode(short_ids, skip_special_tokens=True)
     descs = processor.batch_decode(desc_ids, skip_special_tokens=True)
-    return [(_tidy(a), _tidy(b)) for a, b in zip(shorts, descs, strict=True)]
+    # BLIP returns the text prefix it was conditioned on in front of the caption: the caption is what follows it
+    return [(_tidy(a), _tidy(strip_prompt(b, s.desc_prompt))) for a, b in zip(shorts, descs, strict=True)]
+
+
+def strip_prompt(text: str, prompt: str) -> str:
+    """`text` without the conditioning `prompt` in front ("a detailed photo of sky dark" -> "sky dark"), compared
+    word by word, case- and punctuation-insensitively (the tokenizer lower-cases and re-spaces the prompt)."""
+    if not prompt.strip():
+        return text.strip()
+
+    def norm(word: str) -> str:
+        return "".join(ch for ch in word.lower() if ch.isalnum())
+
+    want = [norm(w) for w in prompt.split() if norm(w)]
+    words = text.split()
+    i = j = 0
+    while i < len(words) and j < len(want):
+        w = norm(words[i])
+        if not w:  # a lone punctuation token
+            i += 1
+            continue
+        if w != want[j]:
+            return text.strip()  # the prompt is not there: nothing to strip
+        i, j = i + 1, j + 1
+    if j < len(want):
+        return text.strip()
+    return " ".join(words[i:]).lstrip(" ,:;-").strip()
 
 
 def _tidy(text: str) -> str:
