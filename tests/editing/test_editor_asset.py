@@ -101,6 +101,26 @@ def _write_upstream(lake: Lake, shard: str, with_masks: bool) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    # the tiny profile's calibrated thresholds pass ~10-30% of its candidates on real captions; this shard's one
+    # caption pair sits below them, so the module uses thresholds that pass part of it (selection, images, outcomes)
+    import dataclasses
+
+    from ultraedit_dagster.core import profiles
+
+    mp = pytest.MonkeyPatch()
+    passing = profiles.Thresholds(
+        clip_sim_image=0.99, clip_sim_dir=0.0, clip_sim_source=0.1, clip_sim_target=0.15, dinov2_sim=0.99
+    )
+    mp.setitem(
+        profiles.PROFILES,
+        "tiny",
+        dataclasses.replace(profiles.TINY, free_form_thresholds=passing, region_thresholds=passing),
+    )
+    yield from _run_module(tmp_path_factory)
+    mp.undo()
+
+
+def _run_module(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cand")
     lake = Lake(str(tmp / "lake"))
     _write_upstream(lake, SHARD, with_masks=True)
@@ -121,7 +141,7 @@ def run(tmp_path_factory):
             instance=inst,
             resources=resources,
         )
-    return lake, inst, resources, results
+    yield lake, inst, resources, results
 
 
 def _outcome_rule_holds(cands: list[dict], scores: list[dict]) -> None:
@@ -239,6 +259,7 @@ def test_a_crash_mid_step_leaves_the_previous_versions_of_both(run, monkeypatch)
     root = Path(lake.root)
     before = _files(root, SHARD)
     calls = {"n": 0}
+
     def dies_after_the_failed_rows_were_written(self, *args, **kwargs):
         calls["n"] += 1
         raise RuntimeError("worker killed")
@@ -279,8 +300,11 @@ def test_source_mode_real_keeps_the_photo(run, monkeypatch):
     from ultraedit_dagster.core import profiles
 
     lake, inst, resources, _ = run
+    anything = profiles.Thresholds(-1.0, -1.0, -1.0, -1.0, -1.0)  # this test is about the stored source image
     real = dataclasses.replace(
-        profiles.TINY, free_form=dataclasses.replace(profiles.TINY.free_form, source_mode="real")
+        profiles.TINY,
+        free_form=dataclasses.replace(profiles.TINY.free_form, source_mode="real"),
+        free_form_thresholds=anything,
     )
     monkeypatch.setitem(profiles.PROFILES, "tiny", real)
     assert dg.materialize([candidates_and_scores], partition_key=NO_MASKS, instance=inst, resources=resources).success
