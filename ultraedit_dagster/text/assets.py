@@ -17,8 +17,11 @@ from ultraedit_dagster.text.resources import CaptionerResource, InstructionWrite
 from ultraedit_dagster.text.rows import (
     CAPTIONS_SCHEMA,
     EDIT_INSTRUCTIONS_SCHEMA,
+    PriorShards,
+    apply_hygiene,
     caption_rows,
     instruction_rows,
+    read_prior_shards,
     summarize,
 )
 from ultraedit_dagster.text.seeds import counts_per_type, load_seeds, seeds_from_table, seeds_to_table
@@ -158,7 +161,9 @@ def edit_instructions(
     """One row per edit triplet: instruction uid, image uid, the short caption edited, the instruction, the target
     caption, one of the nine UltraEdit edit types, mode (free_form / region, a configured fraction chosen from the
     uid), the LLM id and token counts (a request's tokens split over its triplets, so sums are exact). Duplicate
-    instructions per image are removed; near-duplicates across the shard are flagged (content-word Jaccard ≥ 0.8).
+    instructions per image are removed; near-duplicates within the shard and against every shard with a smaller key
+    are flagged (content-word Jaccard ≥ 0.8). With InstructPix2Pix's hygiene on (`one_triplet_per_caption`,
+    `one_triplet_per_url`), later triplets of a caption / image URL are failed rows `duplicate: ...`.
     An image without any valid triplet is one failed row saying why (request failed / parse failed / moderation)."""
 
     def one_shard(shard: str) -> dict:
@@ -178,6 +183,19 @@ def edit_instructions(
             settings=instruction_writer.settings(),
             client=client,
         )
+        # InstructPix2Pix's hygiene and near-duplicates against the shards with smaller keys (rows.apply_hygiene)
+        settings = instruction_writer.settings()
+        unique = settings.one_per_caption or settings.one_per_url
+        prior = PriorShards()
+        if unique or instruction_writer.cross_shard_near_duplicates:
+            prior = read_prior_shards(lake.lake, shard)
+            if not instruction_writer.cross_shard_near_duplicates:
+                prior.instructions = []
+        image_uris = {}
+        if settings.one_per_url and lake.lake.exists("source_images", shard):
+            table = lake.lake.read_table("source_images", shard, columns=["uid", "uri"])
+            image_uris = {r["uid"]: r["uri"] for r in table.to_pylist()}
+        hygiene = apply_hygiene(rows, settings, image_uris=image_uris, prior=prior)
         uri = lake.lake.write_table(
             "edit_instructions", shard, pa.Table.from_pylist(rows, schema=EDIT_INSTRUCTIONS_SCHEMA)
         )
@@ -189,6 +207,7 @@ def edit_instructions(
         return {
             **{k: v for k, v in summary.items()},
             **{f"stats_{k}": v for k, v in stats.as_metadata().items()},
+            **{f"hygiene_{k}": v for k, v in hygiene.items()},
             "requests_sent": after[0] - before[0],
             "retries": after[1] - before[1],
             "cache_hits": after[2] - before[2],

@@ -124,6 +124,11 @@ class InstructionWriterResource(dg.ConfigurableResource):
     n_examples: int = N_EXAMPLES
     moderation: bool = False
     near_duplicate_threshold: float = 0.8
+    # InstructPix2Pix's hygiene (docs/method.md §1): keep one triplet per source caption / per image URL, across
+    # shards too (the shard with the smaller key wins); near-duplicates are flagged against earlier shards as well
+    one_triplet_per_caption: bool = False
+    one_triplet_per_url: bool = False
+    cross_shard_near_duplicates: bool = True
     max_parse_failure_rate: float = 0.2
     max_request_failure_rate: float = 0.1
 
@@ -156,6 +161,8 @@ class InstructionWriterResource(dg.ConfigurableResource):
             sampling={"temperature": self.temperature, "max_tokens": self.max_tokens},
             moderation=self.moderation,
             near_duplicate_threshold=self.near_duplicate_threshold,
+            one_per_caption=self.one_triplet_per_caption,
+            one_per_url=self.one_triplet_per_url,
         )
 
     def client(self):

@@ -212,6 +212,9 @@ class WriterSettings:
     sampling: dict = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
     moderation: bool = False
     near_duplicate_threshold: float = 0.8
+    # InstructPix2Pix's hygiene (docs/method.md §1), off by default (UltraEdit keeps k triplets per caption)
+    one_per_caption: bool = False
+    one_per_url: bool = False
 
 
 @dataclass
@@ -495,6 +498,89 @@ def instruction_rows(
     for i, f in zip(ok_idx, flags, strict=True):
         out[i]["near_duplicate"] = f
     return out, stats
+
+
+@dataclass
+class PriorShards:
+    """What earlier shards (keys sorting before this one, already in the lake) hold: their ok instructions, source
+    captions (normalised) and image URIs. Cross-shard rules compare against these, so the first shard wins."""
+
+    instructions: list[str] = field(default_factory=list)
+    captions: set[str] = field(default_factory=set)
+    uris: set[str] = field(default_factory=set)
+
+
+DUPLICATE = "duplicate"
+
+
+def apply_hygiene(
+    rows: list[dict],
+    settings: WriterSettings,
+    *,
+    image_uris: dict[str, str] | None = None,
+    prior: PriorShards | None = None,
+) -> dict[str, int]:
+    """InstructPix2Pix's hygiene over a shard's rows, in place; returns counts.
+
+    - `one_per_caption` / `one_per_url`: only the first ok triplet per normalised source caption / per image URI is
+      kept, in this shard and against earlier shards; the others become failed rows `duplicate: ...` (never dropped
+      silently).
+    - near-duplicate instructions are flagged (not failed) against the shard's earlier rows and every earlier shard's
+      instructions, with the same content-word Jaccard rule as within a shard.
+    """
+    from ultraedit_dagster.text.parsing import normalize_caption
+
+    prior = prior or PriorShards()
+    uris = image_uris or {}
+    seen_caps, seen_uris = set(prior.captions), set(prior.uris)
+    counts = {"duplicate_caption": 0, "duplicate_url": 0, "near_duplicate_cross_shard": 0}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        cap = normalize_caption(row["source_caption"] or "")
+        uri = uris.get(row["image_uid"])
+        if settings.one_per_caption and cap in seen_caps:
+            counts["duplicate_caption"] += 1
+            mark_failed(row, f"{DUPLICATE}: the source caption already has a triplet (one per caption)")
+            continue
+        if settings.one_per_url and uri and uri in seen_uris:
+            counts["duplicate_url"] += 1
+            mark_failed(row, f"{DUPLICATE}: the image URL already has a triplet (one per URL)")
+            continue
+        seen_caps.add(cap)
+        if uri:
+            seen_uris.add(uri)
+    ok_idx = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+    flags = near_duplicate_flags(
+        prior.instructions + [rows[i]["instruction"] for i in ok_idx], settings.near_duplicate_threshold
+    )[len(prior.instructions) :]
+    for i, f in zip(ok_idx, flags, strict=True):
+        if f and not rows[i]["near_duplicate"]:
+            counts["near_duplicate_cross_shard"] += 1
+        rows[i]["near_duplicate"] = f
+    return counts
+
+
+def read_prior_shards(lake: Any, shard: str) -> PriorShards:
+    """The ok instructions, source captions and image URIs of the shards whose keys sort before `shard` (the lake's
+    `edit_instructions` and `source_images`). A shard not yet materialized is not there to compare with."""
+    from ultraedit_dagster.text.parsing import normalize_caption
+
+    prior = PriorShards()
+    earlier = [k for k in lake.list_shards("edit_instructions") if k < shard]
+    for key in earlier:
+        uids: set[str] = set()
+        cols = ["image_uid", "source_caption", "instruction", "status"]
+        for batch in lake.iter_batches("edit_instructions", key, batch_size=4096, columns=cols):
+            for r in batch.to_pylist():
+                if r["status"] == "ok":
+                    prior.instructions.append(r["instruction"] or "")
+                    prior.captions.add(normalize_caption(r["source_caption"] or ""))
+                    uids.add(r["image_uid"])
+        if uids and lake.exists("source_images", key):
+            for batch in lake.iter_batches("source_images", key, batch_size=4096, columns=["uid", "uri"]):
+                prior.uris.update(r["uri"] for r in batch.to_pylist() if r["uid"] in uids and r["uri"])
+    return prior
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
