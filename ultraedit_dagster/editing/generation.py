@@ -43,67 +43,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ultraedit_dagster.core.ids import rng_for, seed_for
 from ultraedit_dagster.editing.alignment import content_ids, refine_mapping
 from ultraedit_dagster.editing.p2p import P2PConfig, P2PController, Recorder, install
 
-FREE_FORM = "free_form"
-REGION = "region"
+# The torch-free part (modes, parameters, requests, mask loading) lives in editing.params, which the row-building
+# modules import while the Dagster definitions load; it is re-exported here.
+from ultraedit_dagster.editing.params import (  # noqa: F401
+    FREE_FORM,
+    REGION,
+    CandidateParams,
+    PairRequest,
+    _checked,
+    draw_params,
+    load_mask,
+)
 
-
-# -- per-candidate parameters ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CandidateParams:
-    seed: int
-    steps: int
-    strength: float
-    guidance: float
-    p: float
-
-
-def _checked(steps: int, strength: float) -> None:
-    if int(steps * strength) < 1:
-        raise ValueError(f"num_inference_steps x strength = {steps} x {strength} < 1: no denoising step would run")
-
-
-def draw_params(global_seed: int, candidate_uid: str, mode: str, settings) -> CandidateParams:
-    """Parameters of one candidate, drawn from (global seed, candidate uid) only.
-
-    `settings` is the profile's FreeFormGen (steps from steps_choices, guidance ~ U(guidance_range)) or RegionGen
-    (steps from steps_choices, guidance from guidance_choices); p ~ U(p_range) for both.
-    """
-    rng = rng_for(global_seed, candidate_uid, "edit_params")
-    steps = int(rng.choice(list(settings.steps_choices)))
-    if mode == FREE_FORM:
-        lo, hi = settings.guidance_range
-        guidance = float(rng.uniform(lo, hi))
-    else:
-        guidance = float(rng.choice(list(settings.guidance_choices)))
-    p_lo, p_hi = settings.p_range
-    p = float(rng.uniform(p_lo, p_hi))
-    strength = float(settings.strength)
-    _checked(steps, strength)
-    seed = seed_for(global_seed, candidate_uid, "noise") & ((1 << 62) - 1)
-    return CandidateParams(seed=seed, steps=steps, strength=strength, guidance=guidance, p=p)
-
-
-# -- requests and results --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairRequest:
-    """One candidate: an image (RGB, the working size), two captions, parameters; a soft mask for region mode."""
-
-    uid: str
-    mode: str
-    image: Image.Image
-    source_caption: str
-    target_caption: str
-    params: CandidateParams
-    mask: np.ndarray | None = None  # float32 [H, W] in [0, 1] (region mode)
-    image_key: str = ""  # requests with equal keys share one VAE encoding (e.g. the image uid)
+# -- results ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -459,11 +414,3 @@ def _bad_image(img: torch.Tensor, which: str, blank_std: float) -> str | None:
 def _to_pil(img: torch.Tensor) -> Image.Image:
     arr = (img.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # [H, W, 3]
     return Image.fromarray(arr, mode="RGB")
-
-
-def load_mask(png: Image.Image, size: int) -> np.ndarray:
-    """A soft mask PNG ('L', v stored as round(v*255)) as float32 [size, size] in [0, 1]."""
-    m = png.convert("L")
-    if m.size != (size, size):
-        m = m.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(m, dtype=np.float32) / 255.0

@@ -40,7 +40,7 @@ from PIL import Image
 from ultraedit_dagster.core.ids import rng_for
 from ultraedit_dagster.core.imaging import decode_png, encode_png
 from ultraedit_dagster.core.rows import source_images_of
-from ultraedit_dagster.editing.generation import FREE_FORM, REGION, PairRequest, draw_params, load_mask
+from ultraedit_dagster.editing.params import FREE_FORM, REGION, PairRequest, draw_params, load_mask
 from ultraedit_dagster.editing.rows import base_row, fail, load_work
 from ultraedit_dagster.release import selection as release_selection
 from ultraedit_dagster.scoring.rows import first_failed_threshold, score_rows, thresholds_for

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ultraedit_dagster.core.ids import make_uid
 from ultraedit_dagster.core.rows import mark_failed
-from ultraedit_dagster.editing.generation import REGION
+from ultraedit_dagster.editing.params import REGION
 
 ASSET = "edit_candidates"
 
