@@ -306,3 +306,44 @@ def test_vae_encoding_is_cached_per_image_across_batches(pipe):
     gen.forget_images(["img-a"])
     gen.generate(reqs[:1])
     assert gen.vae_encodings == 2
+
+
+def test_load_pretrained_passes_the_dtype_every_allowed_diffusers_honours(monkeypatch):
+    """docs/method.md §8: diffusers before the `dtype` rename ignores `dtype=` and loads fp32; the floor pyproject
+    allows (0.32) only knows `torch_dtype`. Half precision also asks for the fp16 weight variant first."""
+    import diffusers
+    import diffusers.utils.deprecation_utils as dep
+
+    from ultraedit_dagster.models import editor as editor_mod
+
+    calls: list[dict] = []
+
+    def fake_from_pretrained(model, **kwargs):
+        calls.append(kwargs)
+        if kwargs.get("variant") == "fp16" and model == "no-variant":
+            raise ValueError("no fp16 variant files")
+        return "pipe"
+
+    monkeypatch.setattr(diffusers.AutoPipelineForImage2Image, "from_pretrained", fake_from_pretrained)
+    monkeypatch.delattr(dep, "_resolve_dtype")  # an older diffusers
+    assert editor_mod.load_pretrained("some/model", dtype=torch.float16) == "pipe"
+    assert calls[-1] == {"torch_dtype": torch.float16, "variant": "fp16"}
+    assert editor_mod.load_pretrained("no-variant", dtype=torch.float16) == "pipe"
+    assert calls[-1] == {"torch_dtype": torch.float16}  # falls back to the full weights, cast on load
+    monkeypatch.undo()
+    monkeypatch.setattr(diffusers.AutoPipelineForImage2Image, "from_pretrained", fake_from_pretrained)
+    editor_mod.load_pretrained("some/model", dtype=torch.float32)
+    assert calls[-1] == {"dtype": torch.float32}  # this diffusers: the new name, no deprecation warning
+
+
+def test_p2p_controller_masks_live_on_the_device_once_per_step():
+    """docs/method.md §8: no host-to-device copy inside the attention calls; the masks are built in begin_step."""
+    from ultraedit_dagster.editing.p2p import P2PController
+
+    ctrl = P2PController(2, 1, 4, [0.5, 1.0], None, device="cpu")
+    ctrl.begin_step(1)
+    first = ctrl.self_active("up.attn1", 16)
+    assert first is ctrl.self_active("down.attn1", 16)  # the same tensor for every layer of the step
+    assert first.tolist() == [True, True]
+    ctrl.begin_step(3)
+    assert ctrl.self_active("up.attn1", 16).tolist() == [False, True]
