@@ -48,6 +48,7 @@ ASSET_CHECKS = {
     ("filtered_release", "filtered_release_meets_thresholds"),
     ("filtered_release", "filtered_release_region_masks"),
     ("filtered_release", "filtered_release_unique_ids"),
+    ("filtered_release", "filtered_release_valid_ranges"),
     ("shard_quality", "accepted_range_shard_quality_candidates__0"),
     ("shard_quality", "accepted_range_shard_quality_failed_fraction__1__0"),
     ("shard_quality", "accepted_range_shard_quality_kept__0"),

@@ -309,3 +309,54 @@ def test_blocking_checks_are_the_gate_s_checks():
             if spec.blocking:
                 defined.setdefault(spec.asset_key.to_user_string(), set()).add(spec.name)
     assert defined == {a: set(n) for a, n in gate.BLOCKING_CHECKS.items()}
+
+
+def test_release_card_follows_its_shards_under_automation(tmp_path):
+    """After a shard of filtered_release is materialized again, the automation condition requests release_card,
+    even while another registered shard has never run."""
+    parts = ["a-00000", "b-00000"]
+
+    @dg.asset(name="filtered_release", partitions_def=shards)
+    def stand_in_release() -> None:
+        return None
+
+    defs = dg.Definitions(
+        assets=[stand_in_release, release_card],
+        resources={"lake": LakeResource(root=str(tmp_path)), "pipeline": PipelineResource(profile_name="tiny")},
+    )
+    with dg.DagsterInstance.ephemeral() as inst:
+        inst.add_dynamic_partitions("shards", parts)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=inst)
+        dg.materialize([stand_in_release], partition_key="a-00000", instance=inst)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=inst, cursor=first.cursor)
+    assert after.get_num_requested(dg.AssetKey("release_card")) == 1
+
+
+def test_threshold_check_fails_a_nan_metric(tmp_path, world):
+    """DuckDB orders NaN above every number: `NOT coalesce(x >= t, false)` let NaN pass. The release rows of a
+    healthy shard pass; the same rows with one NaN metric fail both the threshold and the range check."""
+    import ultraedit_dagster.release.checks as cq
+
+    rows = world.lake.read_table("filtered_release", "good-00000").to_pylist()
+    rows[0]["clip_sim_dir"] = float("nan")
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_table(
+        "filtered_release",
+        "good-00000",
+        pa.Table.from_pylist(rows, schema=world.lake.read_table("filtered_release", "good-00000").schema),
+    )
+    res = LakeResource(root=str(tmp_path / "lake"))
+    pipeline = PipelineResource(profile_name="ultraedit")
+    thr = cq.filtered_release_meets_thresholds_result(res, "good-00000", pipeline)
+    assert not thr.passed and "clip_sim_dir" in thr.metadata["violations"].value
+    assert not cq.filtered_release_valid_ranges_result(res, "good-00000").passed
+    good = LakeResource(root=str(world.root))
+    assert cq.filtered_release_meets_thresholds_result(good, "good-00000", pipeline).passed
+    rows[0]["clip_sim_dir"], rows[0]["l1"] = 0.3, 0.0  # a no-op pair
+    lake.write_table(
+        "filtered_release",
+        "good-00000",
+        pa.Table.from_pylist(rows, schema=world.lake.read_table("filtered_release", "good-00000").schema),
+    )
+    thr = cq.filtered_release_meets_thresholds_result(res, "good-00000", pipeline)
+    assert not thr.passed and "l1_band" in thr.metadata["violations"].value

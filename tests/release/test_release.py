@@ -202,17 +202,23 @@ def test_metric_range_check_and_expectations_catch_bad_values(built, tmp_path):
     assert not res.passed
     assert res.metadata["out_of_range_or_nan"].value == str({"ssim": 1, "l1": 1})
     # the GE suite: a table whose L1 is mostly 'changed everything' fails the L1 band expectation
+    import numpy as np
+
+    from ultraedit_dagster.core.profiles import get_profile
+
+    rng = np.random.default_rng(0)
     table = pa.table(
         {
             "status": ["ok"] * 20,
+            "mode": ["free_form"] * 20,
             **{
-                m: [0.5] * 20
+                m: rng.uniform(0.3, 0.6, 20)
                 for m in ("clip_sim_source", "clip_sim_target", "clip_sim_dir", "clip_sim_image", "dinov2_sim", "ssim")
             },
             "l1": [0.9] * 20,
         }
     )
-    success, failures, count = run_metric_expectations(table)
+    success, failures, count = run_metric_expectations(table, get_profile("tiny"))
     assert not success and count >= 8
     assert [f["kwargs"]["column"] for f in failures] == ["l1"]
 

@@ -11,7 +11,7 @@ from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
 from ultraedit_dagster.scoring.assets import metric_scores
-from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, METRIC_RANGES
+from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, METRIC_RANGES, THRESHOLD_METRICS
 
 SCORE_SCALARS = ["candidate_uid", "status", "pass_all", *METRIC_COLUMNS]
 
@@ -85,43 +85,55 @@ def metric_scores_pass_rate(
     return check_each_shard(context, lambda shard: metric_scores_pass_rate_result(lake, shard, pipeline))
 
 
-def metric_expectations() -> list[Any]:
-    """The distribution suite (great-expectations 1.x) over metric_scores."""
+# columns whose values a working scorer spreads out: a collapsed scorer writes one constant (image similarity =
+# DINOv2 = 1, directional = 0), so few distinct values among many rows means the scorer collapsed
+SPREAD_COLUMNS = ("clip_sim_image", "dinov2_sim", "clip_sim_dir", "ssim")
+MIN_ROWS_FOR_SPREAD = 5  # below this a constant column is not evidence of anything
+
+
+def metric_expectations(profile: Any, mode: str, rows: int) -> list[Any]:
+    """The distribution suite (great-expectations 1.x) over the ok rows of one mode of metric_scores
+    (docs/method.md §5): values in their valid ranges; a scorer that did not collapse; at least the profile's
+    min_pass_rate of candidates reaching each threshold of the mode; at most 10% of pairs outside the mode's L1
+    band (no flood of no-op or changed-everything pairs)."""
     import great_expectations as gx
 
     E = gx.expectations
-    return [
-        E.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=0.75),
-        E.ExpectColumnValuesToBeBetween(column="clip_sim_image", min_value=0.0, max_value=1.0, mostly=0.95),
-        E.ExpectColumnValuesToBeBetween(column="dinov2_sim", min_value=0.0, max_value=1.0, mostly=0.95),
-        E.ExpectColumnValuesToBeBetween(column="ssim", min_value=0.0, max_value=1.0, mostly=0.95),
-        # AnyEdit-style L1 bands: almost no pixel changed (no-op) / everything changed
-        E.ExpectColumnValuesToBeBetween(column="l1", min_value=0.002, max_value=0.5, mostly=0.9),
-        E.ExpectColumnValuesToBeBetween(column="clip_sim_source", min_value=0.0, max_value=1.0, mostly=0.9),
-        E.ExpectColumnValuesToBeBetween(column="clip_sim_target", min_value=0.0, max_value=1.0, mostly=0.9),
-        E.ExpectColumnMeanToBeBetween(column="clip_sim_dir", min_value=-0.05, max_value=1.0),
-        E.ExpectColumnValuesToNotBeNull(column="clip_sim_dir", mostly=0.75),
+    thr = profile.region_thresholds if mode == "region" else profile.free_form_thresholds
+    min_rate = max(profile.selection.min_pass_rate, 1e-9)
+    out = [
+        E.ExpectColumnValuesToBeBetween(column=m, min_value=lo, max_value=hi) for m, (lo, hi) in METRIC_RANGES.items()
     ]
+    if rows >= MIN_ROWS_FOR_SPREAD:
+        out += [E.ExpectColumnProportionOfUniqueValuesToBeBetween(column=c, min_value=0.2) for c in SPREAD_COLUMNS]
+    out += [
+        E.ExpectColumnValuesToBeBetween(column=m, min_value=float(getattr(thr, m)), mostly=min_rate)
+        for m in THRESHOLD_METRICS
+    ]
+    out.append(E.ExpectColumnValuesToBeBetween(column="l1", min_value=thr.min_l1, max_value=thr.max_l1, mostly=0.9))
+    return out
 
 
-def run_metric_expectations(table: pa.Table) -> tuple[bool, list[dict[str, Any]], int]:
+def run_metric_expectations(table: pa.Table, profile: Any) -> tuple[bool, list[dict[str, Any]], int]:
     """Validate the suite on a metric_scores table; returns (success, failing expectations, expectations run).
-    Range expectations see only ok rows (failed rows have null metrics by design); `status` sees all rows."""
+    `status` sees all rows (at least 75% scored); the metric expectations see the ok rows of each mode (failed rows
+    have null metrics by design)."""
     import great_expectations as gx
 
     df = table.to_pandas()
-    ok_df = df[df["status"] == "ok"]
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)  # quiet logs
     source = context.data_sources.add_pandas("metric_scores")
     failures: list[dict[str, Any]] = []
     count = 0
-    for name, frame, pick in (
-        ("all_rows", df, lambda e: e.column == "status"),
-        ("ok_rows", ok_df, lambda e: e.column != "status"),
-    ):
-        expectations = [e for e in metric_expectations() if pick(e)]
-        if frame.empty or not expectations:
+    suites = [
+        ("all_rows", df, [gx.expectations.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=0.75)])
+    ]
+    for mode in ("free_form", "region"):
+        frame = df[(df["status"] == "ok") & (df["mode"] == mode)]
+        suites.append((mode, frame, metric_expectations(profile, mode, len(frame))))
+    for name, frame, expectations in suites:
+        if frame.empty:
             continue
         batch = (
             source.add_dataframe_asset(name)
@@ -136,6 +148,7 @@ def run_metric_expectations(table: pa.Table) -> tuple[bool, list[dict[str, Any]]
                 res = dict(r.result or {})
                 failures.append(
                     {
+                        "rows": name,
                         "expectation": r.expectation_config.type,
                         "kwargs": {k: v for k, v in r.expectation_config.kwargs.items() if k != "batch_id"},
                         "observed": res.get("observed_value", res.get("unexpected_percent")),
@@ -144,11 +157,13 @@ def run_metric_expectations(table: pa.Table) -> tuple[bool, list[dict[str, Any]]
     return not failures, failures, count
 
 
-def metric_scores_expectations_result(lake: LakeResource, shard: str) -> dg.AssetCheckResult:
-    table = lake.lake.read_table("metric_scores", shard, columns=["status", *METRIC_COLUMNS])
-    success, failures, count = run_metric_expectations(table)
-    md = "| expectation | column / args | observed |\n|---|---|---|\n" + "\n".join(
-        f"| {f['expectation']} | {f['kwargs']} | {f['observed']} |" for f in failures
+def metric_scores_expectations_result(
+    lake: LakeResource, shard: str, pipeline: PipelineResource
+) -> dg.AssetCheckResult:
+    table = lake.lake.read_table("metric_scores", shard, columns=["status", "mode", *METRIC_COLUMNS])
+    success, failures, count = run_metric_expectations(table, pipeline.profile)
+    md = "| rows | expectation | column / args | observed |\n|---|---|---|---|\n" + "\n".join(
+        f"| {f['rows']} | {f['expectation']} | {f['kwargs']} | {f['observed']} |" for f in failures
     )
     return dg.AssetCheckResult(
         passed=success,
@@ -164,11 +179,13 @@ def metric_scores_expectations_result(lake: LakeResource, shard: str) -> dg.Asse
 @dg.asset_check(
     asset=metric_scores,
     blocking=False,
-    description="great-expectations 1.x suite over metric distributions (values in plausible bands, "
-    "with `mostly`); failing expectations are listed in the metadata.",
+    description="great-expectations 1.x suite over metric distributions per mode: valid ranges, a scorer that did "
+    "not collapse, thresholds reachable, no flood of no-op pairs; failing expectations are listed in the metadata.",
 )
-def metric_scores_expectations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    return check_each_shard(context, lambda shard: metric_scores_expectations_result(lake, shard))
+def metric_scores_expectations(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, pipeline: PipelineResource
+) -> dg.AssetCheckResult:
+    return check_each_shard(context, lambda shard: metric_scores_expectations_result(lake, shard, pipeline))
 
 
 asset_checks = [metric_scores_valid_ranges, metric_scores_pass_rate, metric_scores_expectations]
