@@ -15,7 +15,8 @@ def build_warehouse_views(lake_assets: list[str]) -> dg.AssetsDefinition:
         group_name="warehouse",
         kinds={"duckdb"},
         pool="duckdb_writer",
-        automation_condition=dg.AutomationCondition.eager(),
+        # follows every shard, even while other shards are missing (see dbt_assets.WAREHOUSE_AUTOMATION)
+        automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
     )
     def warehouse_views(
         context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource

@@ -20,7 +20,15 @@ if not MANIFEST.exists():
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
 
+# The warehouse follows the shards: rebuild whenever a shard upstream is materialized again, even while other shards
+# are missing or failed (a failed shard is a row in shard_quality, not a reason to stop refreshing the warehouse).
+WAREHOUSE_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
+
 class UltraEditDbtTranslator(DagsterDbtTranslator):
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        return WAREHOUSE_AUTOMATION if dbt_resource_props["resource_type"] == "model" else None
+
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return (
             "warehouse"
