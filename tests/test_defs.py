@@ -26,7 +26,7 @@ SHARD_ASSETS = {
     "metric_scores",
     "filtered_release",
 }
-DBT_MODELS = {"shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep"}
+DBT_MODELS = {"shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep", "cost_per_kept_sample"}
 UNPARTITIONED_ASSETS = {"seed_triplets", "release_card", "warehouse_views", *DBT_MODELS}
 
 # (asset, check name); the dbt ones are the tests in dbt_quality/models/schema.yml, named by dagster-dbt.
