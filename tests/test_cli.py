@@ -48,6 +48,13 @@ def test_parser_has_a_release_command():
     assert args.func is cli.cmd_release
 
 
+def test_release_on_an_empty_lake_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path))
+    monkeypatch.delenv("ULTRAEDIT_LAKE", raising=False)
+    assert cli.main(["release"]) == 2
+    assert "no shard of metric_scores or filtered_release in the lake" in capsys.readouterr().err
+
+
 def test_summary_is_not_called_a_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path))
     monkeypatch.delenv("ULTRAEDIT_LAKE", raising=False)

@@ -167,6 +167,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 def cmd_release(args: argparse.Namespace) -> int:
     """Build the release: warehouse views, the dbt models and tests, the release card (over every shard's
     filtered_release whose blocking checks passed)."""
+    lake = _lake()
+    missing = [a for a in ("metric_scores", "filtered_release") if not lake.list_shards(a)]
+    if missing:
+        print(
+            f"error: no shard of {' or '.join(missing)} in the lake ({lake.root}) yet: materialize shards first "
+            "(`ultraedit materialize --shard KEY`, or `ultraedit demo`)",
+            file=sys.stderr,
+        )
+        return 2
     instance = ensure_instance()
     ok = _run_release(instance)
     if ok:
