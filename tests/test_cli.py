@@ -82,3 +82,25 @@ def test_progress_lines():
     msg = progress_message("demo-00000", 10, 40, 5.0)
     assert msg == "progress demo-00000: rows 10/40, 2.00 rows/s, ~15 s left"
     assert _PROGRESS.match(msg)["total"] == "40"
+
+
+def test_materialize_prints_progress_per_stage(tmp_path, monkeypatch, capsys):
+    import importlib
+    from importlib import resources
+
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    monkeypatch.delenv("ULTRAEDIT_LAKE", raising=False)
+    import ultraedit_dagster.definitions as definitions
+
+    importlib.reload(definitions)  # the definitions read the environment at import
+    base = resources.files("ultraedit_dagster") / "demo_data"
+    line = (base / "manifest.jsonl").read_text().splitlines()[0].replace('"images/', f'"{base}/images/')
+    (tmp_path / "one.jsonl").write_text(line + "\n")
+    assert cli.main(["add-manifest", str(tmp_path / "one.jsonl"), "--name", "prog", "--shard-size", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main(["materialize", "--shard", "prog-00000", "--asset", "source_images"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(s.strip().startswith("[1/") and "source_images  prog-00000  started" in s for s in out), out
+    assert any("source_images  prog-00000: 1 rows in" in s and "rows/s" in s for s in out), out
+    assert out[-1].startswith("shard prog-00000: success in")
