@@ -172,7 +172,7 @@ TINY = Profile(
     # rejection, selection, early stopping and region drops; they say nothing about quality.
     free_form_thresholds=Thresholds(
         clip_sim_image=0.999,
-        clip_sim_dir=0.05,
+        clip_sim_dir=0.0,
         clip_sim_source=0.15,
         clip_sim_target=0.15,
         dinov2_sim=0.999,
