@@ -13,7 +13,9 @@ import dagster as dg
 import ultraedit_dagster.definitions as _project
 
 _wanted = os.environ.get("ULTRAEDIT_MULTIRUN_ASSETS", "source_images")
-_shard_assets = [a for a in _project.shard_assets if _wanted == "all" or a.key.path[-1] in _wanted.split(",")]
+_shard_assets = [
+    a for a in _project.shard_assets if _wanted == "all" or any(k.path[-1] in _wanted.split(",") for k in a.keys)
+]
 
 defs = dg.Definitions(
     assets=_shard_assets if _wanted != "all" else list(_project.defs.assets or []),
