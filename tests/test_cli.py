@@ -104,3 +104,25 @@ def test_materialize_prints_progress_per_stage(tmp_path, monkeypatch, capsys):
     assert any(s.strip().startswith("[1/") and "source_images  prog-00000  started" in s for s in out), out
     assert any("source_images  prog-00000: 1 rows in" in s and "rows/s" in s for s in out), out
     assert out[-1].startswith("shard prog-00000: success in")
+
+
+def test_init_materializes_the_seed_pool_once(tmp_path, monkeypatch, capsys):
+    """`make ui` runs `ultraedit init`: afterwards a manifest dropped into the inbox can reach edit_instructions
+    (automation never materializes the unpartitioned seed pool)."""
+    import importlib
+
+    monkeypatch.setenv("ULTRAEDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    monkeypatch.delenv("ULTRAEDIT_LAKE", raising=False)
+    import ultraedit_dagster.definitions as definitions
+
+    importlib.reload(definitions)
+    from ultraedit_dagster.text.assets import SEED_RELPATH
+
+    assert cli.main(["init", "--no-seed-pool"]) == 0
+    assert not cli._lake().has_bytes(SEED_RELPATH)
+    assert cli.main(["init"]) == 0
+    assert "seed pool: materialized" in capsys.readouterr().out
+    assert cli._lake().has_bytes(SEED_RELPATH)
+    assert cli.main(["init"]) == 0
+    assert "seed pool: already in the lake" in capsys.readouterr().out

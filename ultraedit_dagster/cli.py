@@ -319,9 +319,34 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_seed_pool(instance) -> bool:
+    """Materialize the seed pool (`seed_triplets`, unpartitioned, seconds) when the lake has none: every shard's
+    edit_instructions needs it, and automation never materializes it, so a manifest dropped into the inbox of a fresh
+    `make ui` would fail there. Returns whether it had to be built."""
+    from ultraedit_dagster.text.assets import SEED_RELPATH
+
+    if _lake().has_bytes(SEED_RELPATH):
+        return False
+    from ultraedit_dagster.definitions import defs
+
+    result = defs.resolve_job_def("seed_pool").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    if not result.success:
+        raise RuntimeError("materializing the seed pool failed; see `make ui` (Runs) for the log")
+    return True
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     instance = ensure_instance()
     print(f"Dagster instance at {os.environ['DAGSTER_HOME']}; pool limits: {pool_limits()}")
+    if not args.no_seed_pool:
+        try:
+            built = ensure_seed_pool(instance)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("seed pool: materialized" if built else "seed pool: already in the lake")
     instance.dispose()
     return 0
 
@@ -374,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be backfilled, launch nothing")
     p.set_defaults(func=cmd_backfill)
 
-    p = sub.add_parser("init", help="create the local Dagster instance and set the pool limits")
+    p = sub.add_parser(
+        "init", help="create the local Dagster instance, set the pool limits, materialize the seed pool if missing"
+    )
+    p.add_argument("--no-seed-pool", action="store_true", help="only the instance and its pools")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("sql", help="run read-only SQL against the warehouse (several statements; the last is shown)")
