@@ -38,6 +38,7 @@ ASSET_CHECKS = {
     ("edit_instructions", "edit_instructions_valid"),
     ("region_masks", "region_masks_ok_rows_have_masks"),
     ("region_masks", "region_masks_qc_failure_rate"),
+    ("region_masks", "region_masks_no_full_mask_for_local_edits"),
     ("region_masks", "region_masks_valid_masks"),
     ("edit_candidates", "edit_candidates_failure_rate"),
     ("edit_candidates", "edit_candidates_integrity"),

@@ -127,9 +127,11 @@ def test_gallery_detects_a_broken_image(release, tmp_path):
     assert loaded == total - 1
 
 
-def test_tiny_profile_card_says_thresholds_are_placeholders(tmp_path):
+def test_tiny_profile_card_says_the_weights_are_random(tmp_path):
+    """The card of a tiny-profile release says what its thresholds are: calibrated to random weights."""
     lake = Lake(str(tmp_path / "lake"))
     write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=2)
     thresholds = {"free_form": TINY.free_form_thresholds, "region": TINY.region_thresholds}
     build_release(lake, tmp_path / "rel", thresholds=thresholds, profile_note=TINY.free_form_thresholds.note)
-    assert "thresholds are placeholders" in (tmp_path / "rel" / "README.md").read_text()
+    card = (tmp_path / "rel" / "README.md").read_text()
+    assert "tiny profile: random weights, thresholds calibrated" in card

@@ -1,7 +1,7 @@
-"""metric_scores -> filtered_release -> release_card end to end with tiny models, the release schema through the
-real `datasets` library, and the blocking checks catching broken releases."""
+"""metric_scores (scored by the tiny scorer) -> filtered_release -> release_card end to end, the release schema
+through the real `datasets` library, and the blocking checks catching broken releases."""
 
-from __future__ import annotations
+import dataclasses
 
 import dagster as dg
 import pyarrow as pa
@@ -11,37 +11,73 @@ import pytest
 import ultraedit_dagster.release.checks as cq
 import ultraedit_dagster.scoring.checks as sq
 from tests.quality_fixtures import write_upstream
+from ultraedit_dagster.core.partitions import shards
+from ultraedit_dagster.core.profiles import PROFILES, SelectionRule, Thresholds, get_profile
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
 from ultraedit_dagster.release.assets import filtered_release, release_card
 from ultraedit_dagster.release.checks import asset_checks as release_checks
 from ultraedit_dagster.release.schema import RELEASE_METRICS, release_idx, release_schema
-from ultraedit_dagster.scoring.assets import metric_scores
 from ultraedit_dagster.scoring.checks import asset_checks as scoring_checks
 from ultraedit_dagster.scoring.checks import run_metric_expectations
 from ultraedit_dagster.scoring.resources import ScorerResource
+from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA, score_rows
 
 SHARD, EMPTY = "demo-00000", "demo-00001"
+
+
+# The release mechanics under test do not depend on thresholds: a profile like tiny whose thresholds admit every
+# finite score (the calibrated tiny thresholds reject most random-model candidates, which tests/editing covers).
+PERMISSIVE = Thresholds(-1.0, -1.0, -1.0, -1.0, -1.0, "test: every finite score passes", min_l1=0.0, max_l1=1.0)
+RELEASE_TEST = dataclasses.replace(
+    get_profile("tiny"),
+    name="release-test",
+    free_form_thresholds=PERMISSIVE,
+    region_thresholds=PERMISSIVE,
+    selection=SelectionRule(free_form_top_k=4, region_top_k=3, region_min_passing=1),
+)
+
+
+def write_scores(lake: Lake, shard: str, scorer: ScorerResource) -> None:
+    """metric_scores for the shard's edit_candidates, built by the same row code the fused step uses."""
+    candidates = lake.read_table("edit_candidates", shard).to_pylist()
+    ids = {
+        "clip_model_id": scorer.clip_model_id,
+        "dinov2_model_id": scorer.dinov2_model_id,
+        "scorer_input_sizes": scorer.input_sizes(512),
+    }
+    rows = score_rows(candidates, scorer, RELEASE_TEST, ids)
+    lake.write_table("metric_scores", shard, pa.Table.from_pylist(rows, schema=METRIC_SCORES_SCHEMA))
+
+
+@dg.asset(name="metric_scores", partitions_def=shards)
+def scored_by_the_tiny_scorer(
+    context: dg.AssetExecutionContext, lake: LakeResource, scorer: ScorerResource
+) -> dg.MaterializeResult:
+    """A stand-in for the fused generate-and-score step: the real tiny scorer over the planted candidates."""
+    write_scores(lake.lake, context.partition_key, scorer)
+    return dg.MaterializeResult(metadata={"rows": lake.lake.num_rows("metric_scores", context.partition_key)})
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("q") / "lake"
     lake = Lake(str(root))
-    write_upstream(lake, SHARD)
-    write_upstream(lake, EMPTY, all_failed=True)
+    for shard, all_failed in ((SHARD, False), (EMPTY, True)):
+        write_upstream(lake, shard, all_failed=all_failed)
     resources = {
         "lake": LakeResource(root=str(root)),
-        "pipeline": PipelineResource(profile_name="tiny"),
+        "pipeline": PipelineResource(profile_name=RELEASE_TEST.name),
         "scorer": ScorerResource(device="cpu"),
     }
-    with dg.DagsterInstance.ephemeral() as inst:
+    with pytest.MonkeyPatch.context() as mp, dg.DagsterInstance.ephemeral() as inst:
+        mp.setitem(PROFILES, RELEASE_TEST.name, RELEASE_TEST)
         inst.add_dynamic_partitions("shards", [SHARD, EMPTY])
         runs = {}
         for shard in (SHARD, EMPTY):
             runs[shard] = dg.materialize(
-                [metric_scores, filtered_release, *scoring_checks, *release_checks],
+                [scored_by_the_tiny_scorer, filtered_release, *scoring_checks, *release_checks],
                 partition_key=shard,
                 instance=inst,
                 resources=resources,
@@ -70,11 +106,10 @@ def test_metric_scores_rows_and_failures(built):
     ok = [r for r in t if r["status"] == "ok"]
     for r in ok:
         assert -1 <= r["clip_sim_image"] <= 1 and 0 <= r["l1"] <= 1 and -1 <= r["ssim"] <= 1
-        assert r["pass_all"] is True  # tiny profile placeholder thresholds (-1)
-        assert r["clip_model_id"] == "open_clip:tiny/random-seed0" and r["profile"] == "tiny"
+        assert r["pass_all"] is True  # the permissive test thresholds
+        assert r["clip_model_id"] == "open_clip:tiny/random-seed0" and r["profile"] == RELEASE_TEST.name
         assert r["scorer_input_sizes"] == "clip=32,dinov2=56,ssim=512"
-    meta = _meta(built["runs"][SHARD], "metric_scores")
-    assert meta["ok"] == 5 and meta["failed"] == 3
+    assert len(ok) == 5
 
 
 def test_filtered_release_schema_selection_and_provenance(built):
@@ -106,12 +141,12 @@ def test_all_failed_shard_materializes_empty_with_reason(built):
     assert built["lake"].num_rows("filtered_release", EMPTY) == 0
     meta = _meta(run, "filtered_release")
     assert meta["rows"] == 0 and "all candidates failed upstream" in meta["why_empty"]
-    assert "no candidate could be scored" in _meta(run, "metric_scores")["why_empty"]
 
 
 def test_checks_pass_on_good_shard(built):
     evals = {e.check_name: e for e in built["runs"][SHARD].get_asset_check_evaluations()}
-    assert {n for n, e in evals.items() if not e.passed} <= {"metric_scores_expectations"}  # warn-only, random models
+    blocking = {s.name for c in [*scoring_checks, *release_checks] for s in c.check_specs if s.blocking}
+    assert blocking and all(evals[n].passed for n in blocking)
     assert len(evals) == len(scoring_checks) + len(release_checks)
 
 
@@ -153,11 +188,11 @@ def test_release_card_files_and_checksums(built):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
         assert pq.ParquetFile(path).metadata.num_rows == f["rows"]
     card = (release / "README.md").read_text()
-    assert "| free_form | 2 |" in card and "tiny profile" in card and "open_clip:tiny/random-seed0" in card
+    assert "| free_form | 2 |" in card and "open_clip:tiny/random-seed0" in card
     assert all((release / "figures" / f"{m}.png").stat().st_size > 1000 for m in RELEASE_METRICS)
 
 
-def _results(root, shard, profile="tiny"):
+def _results(root, shard, profile=RELEASE_TEST.name):
     """Every check's result over shards already in the lake (the checks' own code, without a run)."""
     lake, pipeline = LakeResource(root=str(root)), PipelineResource(profile_name=profile)
     return {
@@ -183,7 +218,7 @@ def test_blocking_checks_catch_a_broken_release(built, tmp_path):
     assert not res["unique"].passed and res["unique"].metadata["duplicate_idx"].value == 1
     assert not res["masks"].passed and res["masks"].metadata["region_without_mask"].value == 1
     assert not res["decode"].passed and res["decode"].metadata["bad"].value == 1
-    assert res["thresholds"].passed and res["ranges"].passed  # tiny thresholds are -1
+    assert res["thresholds"].passed and res["ranges"].passed  # the permissive test thresholds
     # under the ultraedit profile's thresholds, random-model scores violate them
     assert not _results(tmp_path / "lake", SHARD, profile="ultraedit")["thresholds"].passed
     # and the untouched shard passes them all
@@ -204,8 +239,6 @@ def test_metric_range_check_and_expectations_catch_bad_values(built, tmp_path):
     # the GE suite: a table whose L1 is mostly 'changed everything' fails the L1 band expectation
     import numpy as np
 
-    from ultraedit_dagster.core.profiles import get_profile
-
     rng = np.random.default_rng(0)
     table = pa.table(
         {
@@ -218,7 +251,11 @@ def test_metric_range_check_and_expectations_catch_bad_values(built, tmp_path):
             "l1": [0.9] * 20,
         }
     )
-    success, failures, count = run_metric_expectations(table, get_profile("tiny"))
+    # thresholds every value meets, the default L1 band: only the band can fail
+    profile = dataclasses.replace(
+        RELEASE_TEST, free_form_thresholds=dataclasses.replace(PERMISSIVE, min_l1=0.002, max_l1=0.5)
+    )
+    success, failures, count = run_metric_expectations(table, profile)
     assert not success and count >= 8
     assert [f["kwargs"]["column"] for f in failures] == ["l1"]
 
