@@ -1,7 +1,9 @@
 """What a user of `make ui` does (issue 13 "Done when"): with the daemon running over the project's real definitions
 (sensors, automation, the local SQLite instance that `ultraedit init` makes), drop a manifest into the inbox and wait:
 every shard reaches `filtered_release`, the warehouse views, the dbt models and `release_card` follow, by automation
-alone, and no run fails. Tiny profile, two shards of one image each."""
+alone, and no run fails. Then a planted failure in a GPU stage of one shard (its source_images file corrupted, a
+backfill of `captions` and downstream through the daemon fails there) is repaired by `ultraedit backfill --failed`,
+which re-runs only that shard, and the release follows again. Tiny profile, two shards of one image each."""
 
 import json
 import os
@@ -21,6 +23,22 @@ DEMO = REPO / "ultraedit_dagster" / "demo_data"
 TIMEOUT_S = 1200
 SHARDS = ["inbox-demo-v2-00000", "inbox-demo-v2-00001"]
 SUMMARY_ASSETS = ["warehouse_views", "shard_quality", "release_card"]
+
+
+def _wait(daemon, deadline, condition, what: str):
+    while time.time() < deadline:
+        assert daemon.poll() is None, f"dagster-daemon exited with {daemon.returncode}"
+        if condition():
+            return
+        time.sleep(5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _idle(instance) -> bool:
+    import dagster as dg
+
+    busy = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    return not instance.get_runs(filters=dg.RunsFilter(statuses=busy))
 
 
 def _latest(instance, asset: str, partition: str | None = None):
@@ -106,6 +124,62 @@ def test_inbox_manifest_reaches_the_release_by_automation_alone(tmp_path, monkey
             or r.tags.get("dagster/sensor_name") == "ultraedit_automation_sensor"
             for r in runs
         )
+
+        # -- a GPU stage fails for one shard; `ultraedit backfill --failed` repairs only that shard
+        from dagster._core.execution.backfill import PartitionBackfill
+        from dagster._core.utils import make_new_backfill_id
+
+        from ultraedit_dagster.definitions import defs
+        from ultraedit_dagster.lake.store import Lake, shard_relpath
+        from ultraedit_dagster.ops import backfill as ops_backfill
+
+        broken, healthy = SHARDS[1], SHARDS[0]
+        lake = Lake(str(home / "lake"))
+        good = lake.read_bytes(shard_relpath("source_images", broken))
+        lake.write_bytes(shard_relpath("source_images", broken), b"PAR1 not parquet")
+        graph = defs.resolve_asset_graph()
+        downstream = [k for k in ops_backfill.shard_asset_keys(graph) if k.to_user_string() != "source_images"]
+        planted = PartitionBackfill.from_asset_partitions(
+            backfill_id=make_new_backfill_id(),
+            asset_graph=graph,
+            partition_names=[broken],
+            asset_selection=downstream,
+            backfill_timestamp=time.time(),
+            tags={},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title="planted failure",
+            description=None,
+            run_config=None,
+        )
+        instance.add_backfill(planted)
+
+        def planted_runs():
+            return instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": planted.backfill_id}))
+
+        _wait(daemon, time.time() + TIMEOUT_S, lambda: planted_runs() and _idle(instance), "the planted failure")
+        assert [r.status for r in planted_runs()] == [dg.DagsterRunStatus.FAILURE]
+        assert set(ops_backfill.failed_asset_partitions(instance, defs)) == {broken}
+
+        lake.write_bytes(shard_relpath("source_images", broken), good)
+        before = {r.run_id for r in instance.get_runs()}
+        fixed_at = time.time()
+        healthy_before = _latest(instance, "filtered_release", healthy)
+        fix = subprocess.run(
+            [str(bin_dir / "ultraedit"), "backfill", "--failed"], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert fix.returncode == 0 and f"{broken}: captions" in fix.stdout and healthy not in fix.stdout, fix.stdout
+
+        def repaired():
+            if not _idle(instance) or ops_backfill.failed_asset_partitions(instance, defs):
+                return False
+            shard_time = _latest(instance, "filtered_release", broken) or 0
+            return shard_time > fixed_at and (_latest(instance, "release_card") or 0) > shard_time
+
+        _wait(daemon, time.time() + TIMEOUT_S, repaired, "`ultraedit backfill --failed` and the release to follow")
+        new_runs = [r for r in instance.get_runs() if r.run_id not in before]
+        assert new_runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in new_runs)
+        assert _latest(instance, "filtered_release", healthy) == healthy_before  # the healthy shard never re-ran
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         try:
