@@ -50,3 +50,20 @@ def test_s3_lake_views_load_httpfs_from_its_package(moto_server, tmp_path, monke
         loaded = con.execute("SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'").fetchone()
     assert counts == {"captions": 4} and loaded == (True,)
     assert not (tmp_path / "home" / ".duckdb" / "extensions").exists()
+
+
+def test_a_warehouse_file_that_does_not_open_is_explained_not_called_locked(tmp_path):
+    import pytest
+
+    from ultraedit_dagster.lake.warehouse import WarehouseError, connect_reader
+
+    bad = tmp_path / "warehouse.duckdb"
+    bad.write_bytes(b"x" * 5000)  # as a file from an incompatible DuckDB version or another tool would be
+    with pytest.raises(WarehouseError) as writer_error:
+        with connect_writer(str(bad)):
+            pass
+    with pytest.raises(WarehouseError) as reader_error:
+        connect_reader(str(bad))
+    for error in (writer_error, reader_error):
+        message = str(error.value)
+        assert "locked" not in message and "delete it and run `ultraedit release`" in message

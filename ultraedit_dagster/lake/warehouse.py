@@ -52,8 +52,11 @@ def connect_writer(path: str, retries: int = 20, wait_s: float = 0.25) -> Iterat
         try:
             con = duckdb.connect(path, config=dict(CONNECTION_CONFIG))
             break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == retries - 1:
+        except duckdb.Error as exc:
+            locked = isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+            if not locked:
+                raise WarehouseError(cannot_open_message(path, exc)) from exc
+            if attempt == retries - 1:
                 raise WarehouseError(f"warehouse {path} is locked by another process: {exc}") from exc
             time.sleep(wait_s * (attempt + 1))
     try:
@@ -62,11 +65,30 @@ def connect_writer(path: str, retries: int = 20, wait_s: float = 0.25) -> Iterat
         con.close()
 
 
+def cannot_open_message(path: str, exc: Exception) -> str:
+    """Why the warehouse file does not open, and what to do (it holds only views and models: it can be rebuilt)."""
+    text = str(exc)
+    if "version" in text.lower() or "not a valid duckdb database" in text.lower() or "magic" in text.lower():
+        return (
+            f"cannot open the warehouse {path} with DuckDB {duckdb.__version__} (written by another DuckDB version, "
+            f"or not a DuckDB file): delete it and run `ultraedit release` to rebuild it ({text})"
+        )
+    return f"cannot open the warehouse {path}: {text}"
+
+
 def connect_reader(path: str) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse read-only (extension auto-install off); a clear error if the file does not exist."""
+    """Open the warehouse read-only (extension auto-install off); a clear error if the file does not exist or does
+    not open."""
     if not Path(path).is_file():
         raise WarehouseError(f"no warehouse at {path}: build it with `ultraedit release` (or `make demo`)")
-    return duckdb.connect(path, read_only=True, config=dict(CONNECTION_CONFIG))
+    try:
+        return duckdb.connect(path, read_only=True, config=dict(CONNECTION_CONFIG))
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise
+        raise WarehouseError(cannot_open_message(path, exc)) from exc
+    except duckdb.Error as exc:
+        raise WarehouseError(cannot_open_message(path, exc)) from exc
 
 
 def lake_root_of(con: duckdb.DuckDBPyConnection) -> str | None:
