@@ -70,7 +70,7 @@ def test_one_failing_shard_does_not_lose_the_others(three_shards):
 
     inst, lake, keys = three_shards
     resources = {**definitions.resources, "lake": LakeResource(root=lake.root)}
-    upstream = [a for a in definitions.shard_assets if a.key.path[-1] in ("source_images", "captions")]
+    upstream = [a for a in definitions.shard_assets if a.keys & {dg.AssetKey("source_images"), dg.AssetKey("captions")}]
     defs = dg.Definitions(
         assets=upstream,
         jobs=[
