@@ -76,7 +76,11 @@ def test_backfill_dry_run_says_when_shards_are_only_busy(monkeypatch, capsys):
 
 
 def test_progress_lines():
-    from ultraedit_dagster.ops.progress import _PROGRESS, progress_message, rate_and_eta
+    from ultraedit_dagster.ops.progress import _PROGRESS, _step_stage, progress_message, rate_and_eta
+
+    assert _step_stage("captions_captions_complete") == "captions_complete"
+    assert _step_stage("source_images_source_images_unique_uids") == "source_images_unique_uids"
+    assert _step_stage("edit_instructions") == "edit_instructions"
 
     assert rate_and_eta(10, 40, 5.0) == (2.0, 15.0)
     msg = progress_message("demo-00000", 10, 40, 5.0)

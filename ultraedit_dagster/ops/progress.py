@@ -35,7 +35,13 @@ def progress_message(shard: str, done: int, total: int, elapsed_s: float) -> str
 
 
 def _step_stage(step_key: str) -> str:
-    return step_key.split(".")[-1]
+    """The name to show for a step: an asset check's step `<asset>_<check>` shows as `<check>` when the check's name
+    already starts with the asset's (`captions_captions_complete` -> `captions_complete`)."""
+    name = step_key.split(".")[-1]
+    for i, char in enumerate(name):
+        if char == "_" and name[i + 1 :].startswith(name[:i] + "_"):
+            return name[i + 1 :]
+    return name
 
 
 class RunProgress:
