@@ -7,7 +7,14 @@ import duckdb
 import pytest
 
 from tests.quality_fixtures import write_synthetic_scores_and_release
+from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.store import Lake
+
+
+def dbt_resources() -> dict:
+    from ultraedit_dagster.lake.dbt_assets import dbt_resource
+
+    return {"dbt": dbt_resource(), "pipeline": PipelineResource(profile_name="tiny")}
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +27,14 @@ def dbt_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ULTRAEDIT_LAKE", str(root / "lake"))
     mp.setenv("ULTRAEDIT_WAREHOUSE", str(warehouse))
-    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models
 
     with dg.DagsterInstance.ephemeral() as inst:
-        result = dg.materialize([dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()})
+        result = dg.materialize(
+            [dbt_quality_models],
+            instance=inst,
+            resources=dbt_resources(),
+        )
     mp.undo()
     return result, warehouse, lake, dbt_quality_models
 
@@ -87,12 +98,15 @@ def test_a_failing_dbt_test_shows_as_failed_check(tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setenv("ULTRAEDIT_LAKE", str(tmp_path / "lake"))
     mp.setenv("ULTRAEDIT_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models
 
     try:
         with dg.DagsterInstance.ephemeral() as inst:
             result = dg.materialize(
-                [dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()}, raise_on_error=False
+                [dbt_quality_models],
+                instance=inst,
+                resources=dbt_resources(),
+                raise_on_error=False,
             )
     finally:
         mp.undo()
@@ -116,12 +130,15 @@ def test_a_failed_row_without_a_mode_does_not_fail_the_release_job(tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setenv("ULTRAEDIT_LAKE", str(tmp_path / "lake"))
     mp.setenv("ULTRAEDIT_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models
 
     try:
         with dg.DagsterInstance.ephemeral() as inst:
             result = dg.materialize(
-                [dbt_quality_models], instance=inst, resources={"dbt": dbt_resource()}, raise_on_error=False
+                [dbt_quality_models],
+                instance=inst,
+                resources=dbt_resources(),
+                raise_on_error=False,
             )
     finally:
         mp.undo()
@@ -130,3 +147,38 @@ def test_a_failed_row_without_a_mode_does_not_fail_the_release_job(tmp_path):
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
     modes = dict(con.execute("select mode, sum(failed) from edit_type_quality group by 1").fetchall())
     assert modes.get("unassigned") == 1
+
+
+def test_threshold_sweep_applies_the_active_profiles_selection_rule(tmp_path):
+    """threshold_sweep keeps at most the profile's top k per free-form triplet: with a profile keeping 1, every
+    free-form row keeps exactly one sample per kept triplet (it used to apply a fixed top 4 from dbt_project.yml)."""
+    import dataclasses
+
+    from ultraedit_dagster.core.profiles import PROFILES, SelectionRule, get_profile
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=4, seed=3)
+    top1 = dataclasses.replace(
+        get_profile("tiny"),
+        name="top1",
+        selection=SelectionRule(free_form_top_k=1, region_top_k=1, region_min_passing=1),
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setitem(PROFILES, "top1", top1)
+    mp.setenv("ULTRAEDIT_LAKE", str(tmp_path / "lake"))
+    mp.setenv("ULTRAEDIT_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
+
+    try:
+        with dg.DagsterInstance.ephemeral() as inst:
+            resources = {"dbt": dbt_resource(), "pipeline": PipelineResource(profile_name="top1")}
+            assert dg.materialize([dbt_quality_models], instance=inst, resources=resources).success
+    finally:
+        mp.undo()
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    rows = con.execute(
+        "select passing_candidates, kept_samples, triplets_kept from threshold_sweep where mode = 'free_form'"
+    ).fetchall()
+    assert rows and all(kept == triplets for _, kept, triplets in rows)
+    # the rule matters here: somewhere more candidates pass than one per triplet
+    assert any(passing > kept for passing, kept, _ in rows)

@@ -1,6 +1,7 @@
 """dbt_quality (dbt-duckdb) as Dagster assets: models over the lake's metric_scores / filtered_release Parquet,
 written into the DuckDB warehouse; dbt tests appear as asset checks; runs in the `duckdb_writer` pool."""
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -8,7 +9,8 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, MANIFEST, dbt_env, dbt_executable
+from ultraedit_dagster.core.resources import PipelineResource
+from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, MANIFEST, dbt_env, dbt_executable, selection_vars
 
 # Nothing runs at import: the manifest is made by `make setup` / `make ui` / the Dockerfile
 # (`python -m ultraedit_dagster.lake.dbt_project`), never while the definitions load.
@@ -43,10 +45,13 @@ class UltraEditDbtTranslator(DagsterDbtTranslator):
     pool="duckdb_writer",
     dagster_dbt_translator=UltraEditDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
 )
-def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """dbt build of dbt_quality: shard_quality, edit_type_quality, metric_summary, threshold_sweep (and their tests)."""
+def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pipeline: PipelineResource):
+    """dbt build of dbt_quality: shard_quality, edit_type_quality, metric_summary, threshold_sweep (and their tests).
+    threshold_sweep applies the active profile's selection rule (its top k and region minimum), so its row for the
+    profile's thresholds reproduces the release (docs/method.md §5)."""
     os.environ.update(dbt_env(os.environ.get("ULTRAEDIT_LAKE"), os.environ.get("ULTRAEDIT_WAREHOUSE")))
-    yield from dbt.cli(["build"], context=context).stream()
+    dbt_vars = json.dumps(selection_vars(pipeline.profile.selection))
+    yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
 
 
 def dbt_resource() -> DbtCliResource:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ultraedit_dagster.core import settings
 
@@ -51,6 +52,16 @@ def parse(quiet: bool = True) -> Path:
     if proc.returncode != 0 or not MANIFEST.exists():
         raise RuntimeError(f"dbt parse failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return MANIFEST
+
+
+def selection_vars(selection: Any) -> dict[str, int]:
+    """dbt vars for the models that reproduce the release's selection rule (threshold_sweep): the active profile's
+    top k per mode and the region minimum of passing candidates (docs/method.md §5)."""
+    return {
+        "free_form_top_k": int(selection.free_form_top_k),
+        "region_top_k": int(selection.region_top_k),
+        "region_min_passing": int(selection.region_min_passing),
+    }
 
 
 if __name__ == "__main__":
