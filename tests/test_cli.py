@@ -130,3 +130,57 @@ def test_init_materializes_the_seed_pool_once(tmp_path, monkeypatch, capsys):
     assert cli._lake().has_bytes(SEED_RELPATH)
     assert cli.main(["init"]) == 0
     assert "seed pool: already in the lake" in capsys.readouterr().out
+
+
+def test_summary_reports_yield_early_stops_dropped_triplets_and_gated_shards(tmp_path, capsys):
+    """The demo summary says what the candidates came to and which shards the release gate left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ultraedit_dagster.core.profiles import get_profile
+    from ultraedit_dagster.lake.store import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    n_ff = get_profile().free_form.candidates_per_triplet
+    n_rg = get_profile().region.candidates_per_triplet
+    rows = (
+        # a free-form triplet that stopped after 2 candidates, one selected
+        [("ff1", "free_form", "ok", "selected"), ("ff1", "free_form", "ok", "below_clip_sim_dir")]
+        # a free-form triplet that ran to the end with nothing passing
+        + [("ff2", "free_form", "ok", "below_clip_sim_image")] * n_ff
+        # a region triplet with too few passing: dropped
+        + [("rg1", "region", "ok", "passed_triplet_dropped")]
+        + [("rg1", "region", "ok", "below_dinov2_sim")] * (n_rg - 1)
+        + [("rg2", "region", "failed", "generation_failed: nan")]
+    )
+    table = pa.table(
+        {
+            "candidate_uid": [f"c{i}" for i in range(len(rows))],
+            "instruction_uid": [r[0] for r in rows],
+            "mode": [r[1] for r in rows],
+            "status": [r[2] for r in rows],
+            "outcome": [r[3] for r in rows],
+        }
+    )
+    lake.write_table("edit_candidates", "s-00000", table)
+    lake.write_table("metric_scores", "s-00000", table)
+    (tmp_path / "lake" / "release").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "shard": ["s-00000", "s-00001"],
+                "check": ["metric_scores_valid_ranges", "metric_scores_valid_ranges"],
+                "passed": [True, False],
+                "detail": ["passed", "ssim out of range"],
+                "included": [True, False],
+            }
+        ),
+        tmp_path / "lake" / "release" / "release_gate.parquet",
+    )
+    cli.print_yield(duckdb.connect(), lake)
+    out = capsys.readouterr().out
+    total = len(rows)
+    assert f"candidates: {total} (failed a threshold: {total - 3}, " in out
+    assert "selected: 1" in out and "passed_triplet_dropped: 1" in out and "failed: 1" in out
+    assert "triplets:   4, 2 stopped early, 2 region triplets kept nothing" in out
+    assert "left out by the release gate:" in out and "s-00001: metric_scores_valid_ranges: ssim out of range" in out

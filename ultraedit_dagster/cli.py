@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from importlib import resources as importlib_resources
+from pathlib import Path
 
 from ultraedit_dagster.core import settings
 from ultraedit_dagster.ops.instance import ensure_instance, pool_limits
@@ -226,6 +227,7 @@ def print_summary(lake, title: str = "lake summary", queries: bool = True) -> No
             [lake.asset_glob(asset)],
         ).fetchone()
         print(f"{asset:<20}{len(shards):>8}{rows:>8}{rows - failed:>8}{failed:>8}")
+    print_yield(con, lake)
     wh = settings.warehouse_path()
     print(f"\nlake:      {lake.root}")
     print(f"warehouse: {wh}")
@@ -234,6 +236,47 @@ def print_summary(lake, title: str = "lake summary", queries: bool = True) -> No
         print(f'\nQueries to paste into `.venv/bin/duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql "..."`):')
         for query in ANALYST_QUERIES:
             print(f"  {query}")
+
+
+def print_yield(con, lake) -> None:
+    """What the candidates came to (docs/method.md §8): outcomes, triplets that stopped early, region triplets
+    dropped for too few passing candidates; and the shards the release gate left out, with the reason."""
+    from ultraedit_dagster.core.profiles import get_profile
+
+    if lake.list_shards("metric_scores"):
+        profile = get_profile()
+        glob = lake.asset_glob("metric_scores")
+        outcomes = dict(
+            con.execute(
+                "SELECT CASE WHEN outcome LIKE 'below_%' THEN 'failed a threshold' "
+                "WHEN status <> 'ok' THEN 'failed' ELSE outcome END, count(*) "
+                "FROM read_parquet(?, union_by_name=true) GROUP BY 1 ORDER BY 2 DESC",
+                [glob],
+            ).fetchall()
+        )
+        per_triplet = con.execute(
+            "SELECT mode, count(*) AS made, NOT bool_or(outcome = 'selected') AS dropped "
+            "FROM read_parquet(?, union_by_name=true) GROUP BY instruction_uid, mode",
+            [lake.asset_glob("edit_candidates")],
+        ).fetchall()
+        full = {"free_form": profile.free_form.candidates_per_triplet, "region": profile.region.candidates_per_triplet}
+        early = sum(1 for mode, made, _ in per_triplet if made < full.get(mode, made))
+        dropped = sum(1 for mode, _, nothing_kept in per_triplet if mode == "region" and nothing_kept)
+        print(f"\ncandidates: {sum(outcomes.values())} ({', '.join(f'{k}: {v}' for k, v in outcomes.items())})")
+        print(
+            f"triplets:   {len(per_triplet)}, {early} stopped early, {dropped} region triplets kept nothing "
+            f"(fewer than {profile.selection.region_min_passing} passing, or failed upstream)"
+        )
+    gate = lake.root.rstrip("/") + "/release/release_gate.parquet"
+    if not lake.is_s3 and Path(gate).exists():
+        left_out = con.execute(
+            "SELECT shard, string_agg(DISTINCT \"check\" || ': ' || detail, '; ') FROM read_parquet(?) "
+            "WHERE NOT included AND NOT passed GROUP BY shard ORDER BY shard",
+            [gate],
+        ).fetchall()
+        print(f"release:    {'every shard passed its gates' if not left_out else 'left out by the release gate:'}")
+        for shard, why in left_out:
+            print(f"  {shard}: {why}")
 
 
 # Shown by `make demo` and `ultraedit summary`; the README's analyst guide has more.
