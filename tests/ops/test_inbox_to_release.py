@@ -34,11 +34,22 @@ def _wait(daemon, deadline, condition, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _busy_statuses():
+    import dagster as dg
+
+    # NOT_STARTED too: the daemon creates a backfill's run before it launches it
+    return [
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+
+
 def _idle(instance) -> bool:
     import dagster as dg
 
-    busy = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    return not instance.get_runs(filters=dg.RunsFilter(statuses=busy))
+    return not instance.get_runs(filters=dg.RunsFilter(statuses=_busy_statuses()))
 
 
 def _latest(instance, asset: str, partition: str | None = None):
@@ -107,11 +118,7 @@ def test_inbox_manifest_reaches_the_release_by_automation_alone(tmp_path, monkey
             if None in shard_done:
                 continue
             summaries = [_latest(instance, a) for a in SUMMARY_ASSETS]
-            busy = instance.get_runs(
-                filters=dg.RunsFilter(
-                    statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-                )
-            )
+            busy = instance.get_runs(filters=dg.RunsFilter(statuses=_busy_statuses()))
             done = not busy and all(t is not None and t > max(shard_done) for t in summaries)
         assert done, "the inbox manifest did not reach the release in time"
         runs = instance.get_runs()
