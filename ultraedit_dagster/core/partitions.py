@@ -68,6 +68,31 @@ def manifest_name_of(key: str) -> str:
     return m.group(1)
 
 
+def _each_shard(
+    context: Any, keys: list[str], build: Callable[[str], Any]
+) -> tuple[dict[str, Any], dict[str, BaseException]]:
+    """build(shard) for every shard of a range, isolated per shard: (results of those that succeeded, the errors of
+    the others); the caller records what succeeded before it fails the step."""
+    done: dict[str, Any] = {}
+    failed: dict[str, BaseException] = {}
+    for i, shard in enumerate(keys, 1):
+        context.log.info(f"shard {i}/{len(keys)}: {shard}")
+        try:
+            done[shard] = build(shard)
+        except Exception as exc:  # noqa: BLE001 - isolated per shard, reported by the caller
+            context.log.error(f"shard {shard} failed: {type(exc).__name__}: {exc}")
+            failed[shard] = exc
+    return done, failed
+
+
+def _range_failure(keys: list[str], done: Mapping[str, Any], failed: Mapping[str, BaseException]) -> dg.Failure:
+    return dg.Failure(
+        description=f"{len(failed)} of {len(keys)} shards failed: "
+        + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
+        metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
+    )
+
+
 def materialize_each_shard(
     context: dg.AssetExecutionContext, build: Callable[[str], Mapping[str, Any]]
 ) -> dg.MaterializeResult:
@@ -75,36 +100,15 @@ def materialize_each_shard(
     for the range; `build(shard)` writes that shard's file and returns its metadata). Each shard gets its own
     materialization and metadata. A shard that fails does not lose the others: the shards that succeeded are recorded
     as materialized, then the step fails naming the failed shards, so a backfill of what failed redoes only those."""
-    keys = list(context.partition_keys)
-    if len(keys) == 1:
-        return dg.MaterializeResult(metadata=dict(build(keys[0])))
-    done: dict[str, Mapping[str, Any]] = {}
-    failed: dict[str, BaseException] = {}
-    for i, shard in enumerate(keys, 1):
-        context.log.info(f"shard {i}/{len(keys)}: {shard}")
-        try:
-            done[shard] = build(shard)
-        except Exception as exc:  # noqa: BLE001 - isolated per shard, reported below
-            context.log.error(f"shard {shard} failed: {type(exc).__name__}: {exc}")
-            failed[shard] = exc
-    if not failed:
-        for shard, metadata in done.items():
-            context.add_asset_metadata(dict(metadata), partition_key=shard)
-        return dg.MaterializeResult()
-    for shard, metadata in done.items():
-        context.log_event(dg.AssetMaterialization(context.asset_key, partition=shard, metadata=dict(metadata)))
-    first = next(iter(failed.values()))
-    raise dg.Failure(
-        description=f"{len(failed)} of {len(keys)} shards failed: "
-        + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
-        metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
-    ) from first
+    name = context.asset_key.path[-1]
+    (result,) = materialize_each_shard_multi(context, [name], lambda shard: {name: build(shard)})
+    return result
 
 
 def materialize_each_shard_multi(
     context: dg.AssetExecutionContext, keys: list[str], build: Callable[[str], Mapping[str, Mapping[str, Any]]]
 ) -> Iterator[dg.MaterializeResult]:
-    """`materialize_each_shard` for a multi-asset that writes several assets per shard (the fused generate-and-score
+    """`materialize_each_shard` for a step that writes several assets per shard (the fused generate-and-score
     step writes `edit_candidates` and `metric_scores`): `build(shard)` writes every asset's file of that shard and
     returns {asset name: metadata}. Yields one MaterializeResult per asset; for a range each shard of each asset gets
     its own materialization and metadata, and a failing shard fails the step after the others are recorded."""
@@ -115,15 +119,7 @@ def materialize_each_shard_multi(
         for key in asset_keys:
             yield dg.MaterializeResult(asset_key=key, metadata=dict(metadata[key.path[-1]]))
         return
-    done: dict[str, Mapping[str, Mapping[str, Any]]] = {}
-    failed: dict[str, BaseException] = {}
-    for i, shard in enumerate(shard_keys, 1):
-        context.log.info(f"shard {i}/{len(shard_keys)}: {shard}")
-        try:
-            done[shard] = build(shard)
-        except Exception as exc:  # noqa: BLE001 - isolated per shard, reported below
-            context.log.error(f"shard {shard} failed: {type(exc).__name__}: {exc}")
-            failed[shard] = exc
+    done, failed = _each_shard(context, shard_keys, build)
     if not failed:
         for shard, metadata in done.items():
             for key in asset_keys:
@@ -134,12 +130,7 @@ def materialize_each_shard_multi(
     for shard, metadata in done.items():
         for key in asset_keys:
             context.log_event(dg.AssetMaterialization(key, partition=shard, metadata=dict(metadata[key.path[-1]])))
-    first = next(iter(failed.values()))
-    raise dg.Failure(
-        description=f"{len(failed)} of {len(shard_keys)} shards failed: "
-        + "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in failed.items()),
-        metadata={"failed_shards": sorted(failed), "materialized_shards": sorted(done)},
-    ) from first
+    raise _range_failure(shard_keys, done, failed) from next(iter(failed.values()))
 
 
 def check_each_shard(

@@ -58,3 +58,32 @@ def source_images_of(lake: Any, shard: str, uids: Iterable[str], *, batch_size: 
     for uid in wanted:
         if uid not in seen:
             yield SourceImage(uid, None, None, f"source_images: image {uid} not in the shard")
+
+
+INSTRUCTION_COLUMNS = [
+    "instruction_uid",
+    "image_uid",
+    "instruction",
+    "source_caption",
+    "target_caption",
+    "edit_type",
+    "mode",
+    "status",
+    "error",
+]
+
+
+def instructions_by_image(lake: Any, shard: str, mode: str | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The shard's `edit_instructions` (only `mode`'s when given): (the failed ones, in order; the ok ones by image
+    uid). Text columns only, read a batch at a time."""
+    failed: list[dict] = []
+    by_image: dict[str, list[dict]] = {}
+    for batch in lake.iter_batches("edit_instructions", shard, batch_size=1024, columns=INSTRUCTION_COLUMNS):
+        for ins in batch.to_pylist():
+            if mode is not None and ins["mode"] != mode:
+                continue
+            if ins["status"] != "ok":
+                failed.append(ins)
+            else:
+                by_image.setdefault(ins["image_uid"], []).append(ins)
+    return failed, by_image

@@ -13,13 +13,12 @@ regenerated sources (docs/method.md §3). Free-form only: region rows keep the r
 """
 
 import os
-from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
 
 from ultraedit_dagster.core.ids import make_uid
-from ultraedit_dagster.core.rows import mark_failed
+from ultraedit_dagster.core.rows import instructions_by_image, mark_failed
 from ultraedit_dagster.editing.params import REGION
 
 ASSET = "edit_candidates"
@@ -90,27 +89,10 @@ def load_work(lake: Any, shard: str, profile: Any, editor_id: str) -> tuple[list
     """What the shard asks for: (failed rows for instructions that cannot be generated, with the reason; the
     generatable instructions by image uid; the region_masks rows by instruction uid). Failed upstream rows, region
     instructions without a usable mask and a region_masks shard not yet materialized give failed rows."""
-    failed_upstream: list[dict] = []
-    instructions: dict[str, list[dict]] = defaultdict(list)
-    cols = [
-        "instruction_uid",
-        "image_uid",
-        "instruction",
-        "source_caption",
-        "target_caption",
-        "edit_type",
-        "mode",
-        "status",
-        "error",
+    bad, instructions = instructions_by_image(lake, shard)
+    failed_upstream = [
+        fail(base_row(ins, shard, profile.name, editor_id), f"edit_instructions: {ins['error']}") for ins in bad
     ]
-    for batch in lake.iter_batches("edit_instructions", shard, batch_size=1024, columns=cols):
-        for ins in batch.to_pylist():
-            if ins["status"] != "ok":
-                failed_upstream.append(
-                    fail(base_row(ins, shard, profile.name, editor_id), f"edit_instructions: {ins['error']}")
-                )
-            else:
-                instructions[ins["image_uid"]].append(ins)
 
     masks: dict[str, dict] = {}
     has_masks = lake.exists("region_masks", shard)

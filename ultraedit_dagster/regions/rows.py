@@ -2,7 +2,6 @@
 segment with SAM, expand and QC the masks. The schema and Dagster-free row building; the models come in as
 arguments (anything with the resources' methods)."""
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from ultraedit_dagster.core.imaging import encode_png
-from ultraedit_dagster.core.rows import mark_failed, source_images_of
+from ultraedit_dagster.core.rows import instructions_by_image, mark_failed, source_images_of
 from ultraedit_dagster.regions import mask_math as mm
 from ultraedit_dagster.regions.object_selection import (
     NONE_OBJECT,
@@ -284,27 +283,8 @@ def region_mask_batches(
     instruction of `edit_instructions`; failed upstream rows and unusable images give failed rows with the reason."""
     rm = profile.region_masking
     qc = mm.MaskQC(rm.min_area, rm.max_area, rm.max_contours, rm.fine_hull_max_contours)
-    instructions: dict[str, list[dict]] = defaultdict(list)
-    failed_upstream: list[dict] = []
-    cols = [
-        "instruction_uid",
-        "image_uid",
-        "instruction",
-        "source_caption",
-        "target_caption",
-        "edit_type",
-        "mode",
-        "status",
-        "error",
-    ]
-    for batch in lake.iter_batches("edit_instructions", shard, batch_size=1024, columns=cols):
-        for ins in batch.to_pylist():
-            if ins["mode"] != "region":
-                continue
-            if ins["status"] != "ok":
-                failed_upstream.append(fail(base_row(ins, shard, profile.name), f"edit_instructions: {ins['error']}"))
-                continue
-            instructions[ins["image_uid"]].append(ins)
+    bad, instructions = instructions_by_image(lake, shard, mode="region")
+    failed_upstream = [fail(base_row(ins, shard, profile.name), f"edit_instructions: {ins['error']}") for ins in bad]
     if failed_upstream:
         yield failed_upstream, []
 
