@@ -106,6 +106,8 @@ _TRANSIENT_ERRNOS = {
     errno.ENETUNREACH,
     errno.EAGAIN,
 }
+# A full disk, an exhausted quota or a read-only volume: deterministic until someone frees space, so never retried.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _TRANSIENT_MESSAGES = (
     "rate limit",
     "too many requests",
@@ -162,6 +164,8 @@ def is_retryable(exc: BaseException) -> bool:
         names = _class_names(e)
         if names & _PERMANENT_CLASS_NAMES:
             return False
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return False
         if names & _RETRYABLE_CLASS_NAMES:
             return True
         if isinstance(e, (TimeoutError, socket.timeout, ConnectionError)):
@@ -188,13 +192,22 @@ def fatal_message(exc: BaseException, stage: str = "") -> str:
     kind = type(exc).__name__
     hint = ""
     text = str(exc)
-    if isinstance(exc, (FileNotFoundError, ImportError, ModuleNotFoundError)) or "model" in text.lower():
+    disk = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _DISK_ERRNOS), None)
+    if disk is not None:
+        hint = (
+            f" (the disk is full or read-only ({errno.errorcode.get(disk.errno, disk.errno)}): free space or fix the "
+            "volume, then re-run; the shard's previous file is untouched and nothing half-written is visible; "
+            "retrying will not help)"
+        )
+    elif isinstance(exc, (FileNotFoundError, ImportError, ModuleNotFoundError)) or "model" in text.lower():
         hint = (
             " (a model or its weights could not be loaded: check the profile's model ids, the model cache "
             "volume / HF_HOME and that the weights were downloaded; retrying will not help)"
         )
     elif isinstance(exc, (ValueError, TypeError, KeyError)):
         hint = " (a configuration or data error: retrying will not help)"
+    else:  # e.g. an upstream shard that is missing: say so, since the step is not retried
+        hint = " (not a transient error: retrying will not help)"
     return f"{where}{kind}: {text}{hint}"
 
 
