@@ -194,7 +194,10 @@ def test_openai_backend_end_to_end(tmp_path):
             assert [len(by_image[f"img{i:03d}"]) for i in range(7)] == [3, 3, 3, 1, 1, 2, 1]
             assert all(r["status"] == "ok" for i in (0, 1, 2, 5) for r in by_image[f"img{i:03d}"])
             assert by_image["img003"][0]["error"].startswith("request failed: malformed response")
-            assert by_image["img004"][0]["error"].startswith("request failed: timeout")
+            # a timeout is a transport failure: marked retryable, so `backfill --failed` redoes the shard later
+            assert by_image["img004"][0]["error"].startswith("request failed: retryable: timeout")
+            assert not by_image["img003"][0]["error"].startswith("request failed: retryable")  # malformed: final
+            assert meta["retryable"].value == 1
             assert by_image["img006"][0]["error"].startswith("captions: ")
             assert by_image["img005"][0]["parse_note"] == "2 of 3 triplets"
             good = by_image["img000"]
@@ -285,3 +288,86 @@ def test_from_profile():
     assert w.backend == "openai" and w.triplets_per_caption == 3
     with pytest.raises(ValueError):
         WriterSettings(backend="nope") and InstructionWriterResource(backend="nope").llm_id
+
+
+def _range_caption_rows(shard: str, caps: list[str]) -> pa.Table:
+    table = _caption_rows(caps).to_pylist()
+    for i, r in enumerate(table):
+        r.update(uid=f"{shard}-img{i:03d}", shard=shard)
+    return pa.Table.from_pylist(table, schema=CAPTIONS_SCHEMA)
+
+
+def test_llm_outage_rows_are_retryable_and_the_breaker_is_reset_per_shard(tmp_path):
+    """Issue 15: transport failures of the LLM (5xx here, then the circuit breaker open) become failure rows marked
+    retryable, and a backfill range's next shard starts with the breaker closed: the endpoint's outage during shard
+    A does not fail shard B, whose requests succeed."""
+    from ultraedit_dagster.sources.rows import is_retryable_error, shards_with_retryable_rows
+
+    lake = Lake(str(tmp_path / "lake"))
+    bad, good = "outage-00000", "outage-00001"
+    bad_caps = [f"A red box number {i} on a wooden table." for i in range(10)]  # > the breaker's threshold of 8
+    good_caps = ["A brown dog lying on a porch.", "A white cup on a saucer."]
+    lake.write_table("captions", bad, _range_caption_rows(bad, bad_caps))
+    lake.write_table("captions", good, _range_caption_rows(good, good_caps))
+    with OpenAITestServer() as server:
+        for caption in bad_caps:
+            server.script(f"Caption to edit: {caption}", ["500"])
+        writer = InstructionWriterResource(
+            backend="openai",
+            endpoint=LLMEndpoint(
+                model="test-model",
+                base_url=server.base_url,
+                cache_dir=str(tmp_path / "cache"),
+                max_retries=0,
+                max_concurrency=1,
+            ),
+        )
+        resources = {
+            "lake": LakeResource(root=lake.root),
+            "pipeline": PipelineResource(),
+            "instruction_writer": writer,
+        }
+        job = dg.Definitions(
+            assets=[seed_triplets, edit_instructions],
+            jobs=[
+                dg.define_asset_job(
+                    "text_range", selection=["edit_instructions"], partitions_def=edit_instructions.partitions_def
+                )
+            ],
+            resources=resources,
+        ).resolve_job_def("text_range")
+        with dg.DagsterInstance.ephemeral() as inst:
+            inst.add_dynamic_partitions("shards", [bad, good])
+            assert dg.materialize([seed_triplets], instance=inst, resources=resources).success
+            tags = {"dagster/asset_partition_range_start": bad, "dagster/asset_partition_range_end": good}
+            assert job.execute_in_process(instance=inst, tags=tags).success
+        bad_rows = lake.read_table("edit_instructions", bad).to_pylist()
+        good_rows = lake.read_table("edit_instructions", good).to_pylist()
+        assert server.count("/chat/completions") == 8 + len(good_caps)  # the breaker kept the last 2 of A unsent
+    assert [r["status"] for r in bad_rows] == ["failed"] * len(bad_caps)
+    assert all(is_retryable_error(r["error"]) for r in bad_rows), [r["error"] for r in bad_rows]
+    assert bad_rows[0]["error"].startswith("request failed: retryable: HTTP 500")
+    assert bad_rows[-1]["error"].startswith("request failed: retryable: circuit open")
+    assert {r["status"] for r in good_rows} == {"ok"} and len(good_rows) == 3 * len(good_caps)
+    assert shards_with_retryable_rows(lake, "edit_instructions") == [bad]
+
+
+@pytest.mark.parametrize(("behaviour", "retryable"), [("500", True), ("malformed", False)])
+def test_captioner_marks_transport_failures_retryable(tmp_path, behaviour, retryable):
+    from ultraedit_dagster.sources.rows import is_retryable_error
+    from ultraedit_dagster.text.rows import caption_rows
+
+    source = _source_rows(["A dog on a porch."]).to_pylist()
+    with OpenAITestServer(default=behaviour) as server:
+        captioner = CaptionerResource(
+            backend="openai",
+            endpoint=LLMEndpoint(
+                model="vlm", base_url=server.base_url, cache_dir=str(tmp_path / "cache"), max_retries=0
+            ),
+        )
+        captioner.start_shard()
+        [row] = caption_rows(
+            source, shard=SHARD, profile="x", captioner_id=captioner.captioner_id, caption_fn=captioner.caption
+        )
+    assert row["status"] == "failed" and row["error"].startswith("captioner: ")
+    assert is_retryable_error(row["error"]) is retryable, row["error"]

@@ -13,6 +13,7 @@ from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transie
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.sources.rows import is_retryable_error
 from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource
 from ultraedit_dagster.text.rows import (
     CAPTIONS_SCHEMA,
@@ -99,8 +100,9 @@ def captions(
     background, visible text, style, colour) — with the captioner id. Failed source rows stay failed rows."""
 
     def one_shard(shard: str) -> dict:
+        captioner.start_shard()
         profile = pipeline.profile.name
-        total = failed = truncated = 0
+        total = failed = truncated = retryable = 0
         reasons: dict[str, int] = {}
         preview: list[dict] = []
         with lake.lake.open_writer("captions", shard, CAPTIONS_SCHEMA) as writer:
@@ -123,6 +125,7 @@ def captions(
                     truncated += int(bool(r["caption_short_truncated"]))
                     if r["status"] == "failed":
                         failed += 1
+                        retryable += is_retryable_error(r["error"])
                         key = failure_reason(r["error"])
                         reasons[key] = reasons.get(key, 0) + 1
                     elif len(preview) < PREVIEW_ROWS:
@@ -132,6 +135,7 @@ def captions(
             "rows": total,
             "ok": total - failed,
             "failed": failed,
+            "retryable": retryable,
             "failure_reasons": reasons,
             "short_truncated": truncated,
             "captioner_id": captioner.captioner_id,
@@ -167,6 +171,7 @@ def edit_instructions(
     An image without any valid triplet is one failed row saying why (request failed / parse failed / moderation)."""
 
     def one_shard(shard: str) -> dict:
+        instruction_writer.start_shard()
         profile = pipeline.profile.name
         caps = lake.lake.read_table(
             "captions", shard, columns=["uid", "caption_short", "caption_desc", "status", "error"]
@@ -200,6 +205,7 @@ def edit_instructions(
             "edit_instructions", shard, pa.Table.from_pylist(rows, schema=EDIT_INSTRUCTIONS_SCHEMA)
         )
         summary = summarize(rows)
+        summary["retryable"] = sum(is_retryable_error(r["error"]) for r in rows if r["status"] == "failed")
         after = (client.requests_sent, client.retries, client.cache_hits) if client else (0, 0, 0)
         if summary["ok"] == 0:
             context.log.warning(f"edit_instructions {shard}: no ok triplet ({stats.as_metadata()})")

@@ -8,6 +8,7 @@ from pydantic import PrivateAttr
 from ultraedit_dagster.core.imaging import decode_png
 from ultraedit_dagster.core.profiles import Profile
 from ultraedit_dagster.core.resources import LLMEndpoint, endpoint_or_default
+from ultraedit_dagster.sources.rows import RETRYABLE_MARK
 from ultraedit_dagster.text.prompts import DESCRIPTIVE_CAPTION_PROMPT, SHORT_CAPTION_PROMPT, vision_messages
 from ultraedit_dagster.text.rows import MAX_CLIP_TOKENS, WriterSettings, png_data_url
 from ultraedit_dagster.text.seeds import N_EXAMPLES, N_INSTRUCTIONS
@@ -96,9 +97,17 @@ class CaptionerResource(dg.ConfigurableResource):
         n = len(rows)
         out = []
         for short, desc in zip(results[:n], results[n:], strict=True):
-            err = short.error or desc.error
+            failed = short if short.error else desc if desc.error else None
+            # a transport failure (timeout, 429 / 5xx, circuit open) is marked so `backfill --failed` redoes it
+            err = None if failed is None else (RETRYABLE_MARK if failed.retryable else "") + failed.error
             out.append((short.text, desc.text, err))
         return out
+
+    def start_shard(self) -> None:
+        """Close the LLM circuit breaker before a shard (of a backfill's range): one shard whose requests all
+        failed must not fail the next shard without sending anything."""
+        if self.backend == "openai":
+            endpoint_or_default(self.endpoint).client().reset_breaker()
 
 
 # The instruction writer: edit triplets per caption from an OpenAI-compatible LLM or an offline template writer.
@@ -170,3 +179,9 @@ class InstructionWriterResource(dg.ConfigurableResource):
         if self.backend != "openai":
             return None
         return endpoint_or_default(self.endpoint).client()
+
+    def start_shard(self) -> None:
+        """Close the LLM circuit breaker before a shard (see CaptionerResource.start_shard)."""
+        client = self.client()
+        if client is not None:
+            client.reset_breaker()

@@ -298,6 +298,14 @@ class _Failure:
     prompt_sha: str | None = None
 
 
+def _mark(error: str | None, retryable: bool) -> str | None:
+    """An LLM failure's text, marked retryable (timeouts, 429 / 5xx, circuit open) so that `backfill --failed` and
+    the nightly rebuild redo the shard once the endpoint is back (sources.rows.RETRYABLE_MARK)."""
+    from ultraedit_dagster.sources.rows import RETRYABLE_MARK
+
+    return f"{RETRYABLE_MARK}{error}" if retryable and error else error
+
+
 def instruction_rows(
     captions: Iterable[dict],
     *,
@@ -348,7 +356,7 @@ def instruction_rows(
             mods = client.moderate([c["caption_short"] for c in ok_caps])
             for c, m in zip(ok_caps, mods, strict=True):
                 if m.error:
-                    outcomes[c["uid"]] = f"moderation: check failed: {m.error}"
+                    outcomes[c["uid"]] = f"moderation: check failed: {_mark(m.error, m.retryable)}"
                 elif m.flagged:
                     outcomes[c["uid"]] = f"moderation: caption flagged ({', '.join(m.categories) or 'unspecified'})"
                 else:
@@ -362,7 +370,7 @@ def instruction_rows(
             sha = messages_hash(msgs)
             billed = (res.prompt_tokens or 0, res.completion_tokens or 0)
             if not res.ok:
-                outcomes[c["uid"]] = _Failure(f"request failed: {res.error}", billed, sha)
+                outcomes[c["uid"]] = _Failure(f"request failed: {_mark(res.error, res.retryable)}", billed, sha)
                 continue
             parsed = parse_triplets(res.text, sent_caption=c["caption_short"])
             trip = []
@@ -380,7 +388,7 @@ def instruction_rows(
                 trip.append((v.triplet.source, v.triplet.instruction, fit.target, et, False, fit))
             if trip and s.moderation:
                 mods = client.moderate([f"{t[1]}\n{t[2]}" for t in trip])
-                outage = next((m.error for m in mods if m.error), None)
+                outage = next((_mark(m.error, m.retryable) for m in mods if m.error), None)
                 if outage:  # an outage is not a verdict: the image fails as retryable, nothing is marked flagged
                     outcomes[c["uid"]] = _Failure(f"moderation: check failed: {outage}", billed, sha)
                     continue
