@@ -74,3 +74,27 @@ def test_runs_execute_in_one_process_whoever_launches_them():
 def test_local_instance_gives_the_code_server_time_to_start():
     config = yaml.safe_load((REPO / "ultraedit_dagster" / "data" / "dagster.local.yaml").read_text())
     assert config["code_servers"]["local_startup_timeout"] >= 300
+
+
+def test_an_existing_local_instance_gets_the_code_server_timeout(tmp_path, monkeypatch):
+    """An instance made before the template had the timeout (its dagster.yaml is copied only once) gets it on the
+    next CLI command, keeping its own settings and comments; a Postgres instance's file is not touched."""
+    from ultraedit_dagster.ops.instance import add_code_server_timeout, ensure_instance
+
+    template = (REPO / "ultraedit_dagster" / "data" / "dagster.local.yaml").read_text()
+    old = template.split("# `dagster dev` waits")[0] + "concurrency:\n  runs:\n    max_concurrent_runs: 3  # mine\n"
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(old)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    ensure_instance()
+    text = (home / "dagster.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["code_servers"]["local_startup_timeout"] >= 300
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3 and "# mine" in text
+    ensure_instance()  # once only
+    assert (home / "dagster.yaml").read_text() == text
+    postgres = tmp_path / "pg.yaml"
+    postgres.write_text("storage:\n  postgres:\n    postgres_url: postgresql://x\n")
+    assert add_code_server_timeout(postgres, template) is False
+    assert "code_servers" not in postgres.read_text()

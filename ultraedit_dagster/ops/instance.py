@@ -33,15 +33,34 @@ def ensure_instance():
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     config = home / "dagster.yaml"
+    template = importlib_resources.files("ultraedit_dagster") / "data" / "dagster.local.yaml"
     if not config.exists():
-        template = importlib_resources.files("ultraedit_dagster") / "data" / "dagster.local.yaml"
         shutil.copyfile(str(template), config)
+    else:
+        add_code_server_timeout(config, template.read_text())
     instance = dg.DagsterInstance.get()
     for pool, limit in pool_limits().items():
         if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
             instance.event_log_storage.set_concurrency_slots(pool, limit)
     reap_orphaned_runs(instance)
     return instance
+
+
+def add_code_server_timeout(config, template_text: str) -> bool:
+    """Give an instance made before the template had it the code-server start-up timeout (`dagster dev` otherwise
+    gives up after 180 s, too short for a cold start on a busy machine). Appended as text so the file keeps its
+    comments. Only files copied from the template are touched (same first line); one that sets `code_servers` itself,
+    or any other instance's file (Postgres, production), is left as it is. True if the file was changed."""
+    import yaml
+
+    text = config.read_text()
+    if text.partition("\n")[0] != template_text.partition("\n")[0] or "code_servers" in (yaml.safe_load(text) or {}):
+        return False
+    timeout = yaml.safe_load(template_text)["code_servers"]["local_startup_timeout"]
+    with open(config, "a", encoding="utf-8") as fh:
+        fh.write("\n# added by ultraedit (how long dagster dev waits for the code server to start)\n")
+        fh.write(f"code_servers:\n  local_startup_timeout: {timeout}\n")
+    return True
 
 
 # -- runs orphaned by a killed process ----------------------------------------------------------------------------
