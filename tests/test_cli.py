@@ -2,6 +2,7 @@
 command, the backfill wording when shards are busy, progress lines."""
 
 import io
+import json
 from types import SimpleNamespace
 
 import duckdb
@@ -67,7 +68,7 @@ def test_backfill_dry_run_says_when_shards_are_only_busy(monkeypatch, capsys):
     from ultraedit_dagster.ops import backfill, instance
 
     monkeypatch.setattr(instance, "ensure_instance", lambda: object())
-    monkeypatch.setattr(backfill, "failed_asset_partitions", lambda inst, defs, asset=None: {})
+    monkeypatch.setattr(backfill, "failed_asset_partitions", lambda inst, defs, asset=None, **kw: {})
     monkeypatch.setattr(backfill, "busy_shards", lambda inst, defs: ["m-00000", "m-00001"])
     assert backfill.run(SimpleNamespace(asset=None, dry_run=True)) == 0
     out = capsys.readouterr().out
@@ -177,8 +178,20 @@ def test_summary_reports_yield_early_stops_dropped_triplets_and_gated_shards(tmp
         ),
         tmp_path / "lake" / "release" / "release_gate.parquet",
     )
+    cost = {
+        "kept_samples": 4,
+        "candidates_per_kept_sample": 12.5,
+        "unet_row_steps_per_kept_sample": 40.0,
+        "lake_bytes_per_kept_sample": 2_500_000.0,
+        "model_seconds_per_kept_sample": {"generation": 3.5, "scoring": 0.25},
+    }
+    (tmp_path / "lake" / "release" / "release.json").write_text(json.dumps({"cost": cost}))
     cli.print_yield(duckdb.connect(), lake)
     out = capsys.readouterr().out
+    assert (
+        "cost:       per kept sample (4 kept): 12.5 candidates, 40.0 UNet row-steps, 2.50 MB of lake, "
+        "model seconds: generation 3.5, scoring 0.25" in out
+    )
     total = len(rows)
     assert f"candidates: {total} (failed a threshold: {total - 3}, " in out
     assert "selected: 1" in out and "passed_triplet_dropped: 1" in out and "failed: 1" in out

@@ -8,6 +8,7 @@ each command imports Dagster (and, when it runs a model, torch) when it runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -267,6 +268,16 @@ def print_yield(con, lake) -> None:
             f"triplets:   {len(per_triplet)}, {early} stopped early, {dropped} region triplets kept nothing "
             f"(fewer than {profile.selection.region_min_passing} passing, or failed upstream)"
         )
+    release_json = Path(lake.root) / "release" / "release.json"
+    if not lake.is_s3 and release_json.exists():
+        cost = json.loads(release_json.read_text()).get("cost") or {}
+        if cost.get("kept_samples"):
+            seconds = ", ".join(f"{k} {v}" for k, v in (cost.get("model_seconds_per_kept_sample") or {}).items())
+            print(
+                f"cost:       per kept sample ({cost['kept_samples']} kept): "
+                f"{cost['candidates_per_kept_sample']} candidates, {cost['unet_row_steps_per_kept_sample']} UNet "
+                f"row-steps, {cost['lake_bytes_per_kept_sample'] / 1e6:.2f} MB of lake, model seconds: {seconds or '-'}"
+            )
     gate = lake.root.rstrip("/") + "/release/release_gate.parquet"
     if not lake.is_s3 and Path(gate).exists():
         left_out = con.execute(

@@ -12,7 +12,7 @@ from tests.conftest import require_system_package
 from tests.quality_fixtures import write_synthetic_scores_and_release
 from ultraedit_dagster.core.profiles import TINY, ULTRAEDIT
 from ultraedit_dagster.lake.store import Lake
-from ultraedit_dagster.release.card import build_release
+from ultraedit_dagster.release.card import build_release, sha256_file
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -23,7 +23,7 @@ def release(tmp_path_factory):
     lake = Lake(str(root / "lake"))
     write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=3, seed=0)
     write_synthetic_scores_and_release(lake, "demo-00001", n_triplets=4, seed=1)
-    out = root / "release"
+    out = root / "lake" / "release"  # where release_card publishes it: beside the shard files it references
     thresholds = {"free_form": ULTRAEDIT.free_form_thresholds, "region": ULTRAEDIT.region_thresholds}
     summary = build_release(lake, out, thresholds=thresholds, gallery_size=6, profile_note="synthetic test data")
     return out, summary, lake
@@ -34,12 +34,19 @@ def test_card_counts_thresholds_and_files(release):
     total = sum(lake.num_rows("filtered_release", s) for s in ("demo-00000", "demo-00001"))
     assert summary.rows == total > 0
     assert sum(f["rows"] for f in summary.files) == total
-    assert {f["path"] for f in summary.files} >= {"data/free_form-demo-00000.parquet", "data/region-demo-00001.parquet"}
+    # the data files are the shards' filtered_release files, referenced from the card, never copied
+    assert [f["path"] for f in summary.files] == [
+        "../filtered_release/shard=demo-00000/data.parquet",
+        "../filtered_release/shard=demo-00001/data.parquet",
+    ]
+    assert not (out / "data").exists()
     card = (out / "README.md").read_text()
-    assert card.startswith("---\n") and "path: data/region-*.parquet" in card
+    assert card.startswith("---\n") and "    - ../filtered_release/shard=demo-00001/data.parquet\n" in card
     assert "| clip_sim_image | ≥ 0.75 | ≥ 0.7 |" in card  # the thresholds of each split
     for f in summary.files:
-        assert f"| {f['path']} | {f['split']} | {f['rows']} |" in card and f["sha256"] in card
+        by = f["rows_by_split"]
+        assert f"| {f['path']} | {by.get('free_form', 0)} | {by.get('region', 0)} |" in card and f["sha256"] in card
+        assert f["sha256"] == sha256_file(out / f["path"]) and f["bytes"] == (out / f["path"]).stat().st_size
     assert "| CC0 |" in card and "transformers:tiny/random-seed0" in card
     assert summary.by_split["free_form"] + summary.by_split["region"] == total
     assert summary.duplicate_idx == 0

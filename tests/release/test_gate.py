@@ -109,11 +109,20 @@ class World:
             "summary": json.loads((release / "release.json").read_text()),
             "card": (release / "README.md").read_text(),
             "gate": pa.parquet.read_table(release / "release_gate.parquet").to_pylist(),
-            "rows": {
-                s: pa.parquet.read_table(release / "data").to_pylist() if (release / "data").exists() else []
-                for s in ("all",)
-            }["all"],
+            "rows": _released_rows(release),
         }
+
+
+def _released_rows(release) -> list[dict]:
+    """The rows of the data files the card lists (the admitted shards' filtered_release files), checksums verified."""
+    import hashlib
+
+    rows = []
+    for f in json.loads((release / "release.json").read_text())["files"]:
+        path = release / f["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"], f"{path} changed after the card"
+        rows += pa.parquet.read_table(path).to_pylist()
+    return rows
 
 
 def _mutate(lake: Lake, asset: str, shard: str, fn) -> None:

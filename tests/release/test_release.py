@@ -2,6 +2,7 @@
 through the real `datasets` library, and the blocking checks catching broken releases."""
 
 import dataclasses
+import json
 
 import dagster as dg
 import pyarrow as pa
@@ -15,7 +16,7 @@ from ultraedit_dagster.core.partitions import shards
 from ultraedit_dagster.core.profiles import PROFILES, SelectionRule, Thresholds, get_profile
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource
-from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.lake.store import SHARD_ASSETS, Lake
 from ultraedit_dagster.release.assets import filtered_release, release_card
 from ultraedit_dagster.release.checks import asset_checks as release_checks
 from ultraedit_dagster.release.schema import RELEASE_METRICS, release_idx, release_schema
@@ -153,8 +154,9 @@ def test_checks_pass_on_good_shard(built):
 def test_release_loads_with_datasets(built, tmp_path):
     datasets = pytest.importorskip("datasets")
     release = built["root"] / "release"
-    files = {s: sorted(str(p) for p in (release / "data").glob(f"{s}-*.parquet")) for s in ("free_form", "region")}
-    ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))
+    files = [f["uri"] for f in json.loads((release / "release.json").read_text())["files"]]
+    whole = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))["train"]
+    ds = {s: whole.filter(lambda r, s=s: r["split"] == s) for s in ("free_form", "region")}
     assert ds["free_form"].num_rows == 2 and ds["region"].num_rows == 3
     assert isinstance(ds["region"].features["source_image"], datasets.Image)
     row = ds["region"][0]
@@ -169,9 +171,9 @@ def test_release_loads_with_datasets(built, tmp_path):
         cache_dir=str(tmp_path / "hf2"),
     )
     assert one.num_rows == 5 and one[0]["edited_image"].size == (64, 64)
-    # and the release folder itself, through the card's YAML split mapping
-    whole = datasets.load_dataset(str(release), cache_dir=str(tmp_path / "hf3"))
-    assert set(whole) == {"free_form", "region"} and whole["region"].num_rows == 3
+    # and the release folder itself, through the card's YAML (it names the admitted shards' files)
+    card = datasets.load_dataset(str(release), cache_dir=str(tmp_path / "hf3"))
+    assert set(card) == {"train"} and card["train"].num_rows == 5
 
 
 def test_release_card_files_and_checksums(built):
@@ -183,12 +185,35 @@ def test_release_card_files_and_checksums(built):
     summary = json.loads((release / "release.json").read_text())
     assert summary["rows"] == 5 and summary["by_split"] == {"free_form": 2, "region": 3}
     assert summary["by_license"] == {"CC0": 5}
+    assert not (release / "data").exists(), "the release references the lake's filtered_release files, no copy"
     for f in summary["files"]:
         path = release / f["path"]
+        assert path.resolve() == built["root"] / "filtered_release" / f"shard={f['shard']}" / "data.parquet"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
-        assert pq.ParquetFile(path).metadata.num_rows == f["rows"]
+        assert pq.ParquetFile(path).metadata.num_rows == f["rows"] == sum(f["rows_by_split"].values())
     card = (release / "README.md").read_text()
     assert "| free_form | 2 |" in card and "open_clip:tiny/random-seed0" in card
+    # cost per kept sample (docs/method.md §8), from the admitted shards' metric_scores and lake files
+    scores = [r for s in summary["shards"] for r in built["lake"].read_table("metric_scores", s).to_pylist()]
+    generated = [r for r in scores if not (r["outcome"] or "").startswith("upstream_failed")]
+    cost = summary["cost"]
+    assert cost["kept_samples"] == 5 and cost["by_mode"]["region"]["kept"] == 3
+    assert cost["candidates_generated"] == len(generated) and len(generated) > 5
+    assert cost["candidates_per_kept_sample"] == round(len(generated) / 5, 4)
+    lake_bytes = sum(
+        (built["root"] / a / f"shard={s}" / "data.parquet").stat().st_size
+        for a in SHARD_ASSETS
+        for s in summary["shards"]
+        if (built["root"] / a / f"shard={s}" / "data.parquet").exists()
+    )
+    assert cost["lake_bytes_per_kept_sample"] == round(lake_bytes / 5, 4)
+    scored = [r for r in generated if r["status"] == "ok" and r["mode"] == "region"]
+    assert cost["by_mode"]["region"]["pass_rate"]["pass_all"] == round(
+        sum(r["pass_all"] for r in scored) / len(scored), 4
+    )
+    assert "## Cost per kept sample" in card and "| candidates generated per kept sample |" in card
+    meta = built["card_run"].asset_materializations_for_node("release_card")[0].metadata
+    assert meta["candidates_per_kept_sample"].value == cost["candidates_per_kept_sample"]
     assert all((release / "figures" / f"{m}.png").stat().st_size > 1000 for m in RELEASE_METRICS)
 
 

@@ -15,8 +15,9 @@ from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transie
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake, swap_folder
 from ultraedit_dagster.release.card import build_release
+from ultraedit_dagster.release.cost import release_cost
 from ultraedit_dagster.release.gate import exclude_duplicates, judge
-from ultraedit_dagster.release.gate_records import RUN_ID_KEY, gather
+from ultraedit_dagster.release.gate_records import RUN_ID_KEY, gather, measured_model_seconds
 from ultraedit_dagster.release.schema import empty_release_table, release_row, release_schema
 from ultraedit_dagster.release.selection import release_rule, rule_text, select, thresholds_by_mode
 
@@ -188,9 +189,10 @@ RELEASE_CARD_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationC
 def release_card(
     context: dg.AssetExecutionContext, config: ReleaseCardConfig, lake: LakeResource, pipeline: PipelineResource
 ) -> dg.MaterializeResult:
-    """The release: per-split Parquet files (free_form / region) over the shards that pass the release gate
-    (docs/method.md §6), a dataset card (counts by split, edit type and licence; metric means and histograms;
-    thresholds, L1 band and selection rule; models; files with row counts and sha256; every shard left out and why),
+    """The release over the shards that pass the release gate (docs/method.md §6): their filtered_release files are
+    its data (stored once, referenced by the card), a dataset card (counts by split, edit type and licence; metric
+    means and histograms; thresholds, L1 band and selection rule; cost per kept sample; models; data files with row
+    counts and sha256; every shard left out and why),
     the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/` or a configured
     folder, readable (0755 / 0644) like the rest of the lake."""
     profile = pipeline.profile
@@ -212,6 +214,9 @@ def release_card(
     gate_rows = [{**r, "included": d.included} for d in decisions for r in d.rows]
     for shard, reasons in excluded.items():
         context.log.warning(f"release: shard {shard} left out: {'; '.join(reasons)}")
+    cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
+    # the card reaches the data files (the admitted filtered_release files, never copied) from where it is published
+    data_prefix = "../" if not config.release_dir else the_lake.root.rstrip("/") + "/"
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
             the_lake,
@@ -224,6 +229,8 @@ def release_card(
             excluded=excluded,
             gate_rows=gate_rows,
             selection_rule=rule_text(profile.selection, thresholds),
+            data_prefix=data_prefix,
+            cost=cost,
         )
         if summary.duplicate_idx or summary.duplicate_uid:  # the gate left out repeated uids: only an idx clash
             raise ReleaseGuardError(
@@ -241,6 +248,8 @@ def release_card(
             "shards_excluded": len(excluded),
             "excluded_shards": dg.MetadataValue.json(excluded),
             "files": len(summary.files),
+            **{k: v for k, v in cost.figures().items() if not isinstance(v, dict)},
+            "model_seconds_per_kept_sample": dg.MetadataValue.json(cost.figures()["model_seconds_per_kept_sample"]),
             "release_uri": where,
             "release_gate": f"{where}/release_gate.parquet",
             "gallery": f"{where}/gallery/index.html",

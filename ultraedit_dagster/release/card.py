@@ -1,17 +1,23 @@
-"""The release: per-split Parquet files, a dataset card (README.md) and a static HTML gallery (no Dagster imports).
+"""The release: a dataset card (README.md) over the admitted shards' `filtered_release` files, and a static HTML
+gallery (no Dagster imports).
 
-`build_release(lake, out_dir, ...)` reads every shard of `filtered_release` from the lake (streaming; images are
-never all in memory) and writes, into a fresh local folder:
+The released samples are stored once: the per-shard `filtered_release` files in the lake ARE the release's data
+(docs/method.md §6). `build_release(lake, out_dir, ...)` reads them (streaming; images are never all in memory) and
+writes, into a fresh local folder, only what describes them:
 
-    README.md                     the dataset card (YAML header with the split -> files mapping for `datasets`)
-    data/<split>-<shard>.parquet  the release rows of one split of one shard (release schema, HF image features)
+    README.md                     the dataset card (YAML header naming the data files for `datasets`; counts, means,
+                                  histograms, thresholds, selection rule, cost per kept sample, excluded shards)
     figures/<metric>.png          histograms of the release metrics per split
     gallery/index.html            a sample of rows: source | edited | mask | instruction | scores
     gallery/images/*.png          the sample's images, next to the HTML
-    release.json                  the machine-readable summary (counts, means, files with rows and sha256)
+    release.json                  the machine-readable summary (counts, means, cost, data files with rows and sha256)
     release_gate.parquet          the release gate: one row per shard and condition (docs/method.md §6)
 
-The caller (the `release_card` asset) publishes the folder to the lake's `release/` prefix or a configured folder.
+Each data file is listed with its rows per split, bytes and sha256, so a reader can verify that the file they load
+is the one the card describes (a shard materialized again after the card changes its sha256 until the card is
+republished, which automation does when filtered_release changes). The caller (the `release_card` asset) publishes
+the folder to the lake's `release/` prefix (data paths `../filtered_release/...`) or a configured folder (data
+paths are then the files' absolute lake URIs).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ultraedit_dagster.lake.store import Lake
-from ultraedit_dagster.release.schema import IMAGE_COLUMNS, RELEASE_METRICS, SPLITS, release_schema
+from ultraedit_dagster.lake.store import Lake, shard_relpath
+from ultraedit_dagster.release.cost import ReleaseCost, cost_markdown
+from ultraedit_dagster.release.schema import IMAGE_COLUMNS, RELEASE_METRICS, SPLITS
 from ultraedit_dagster.scoring.metrics import THRESHOLD_METRICS
 
 SUMMARY_COLUMNS = [
@@ -64,6 +71,7 @@ MODEL_ID_COLUMNS = [
     "dinov2_model_id",
     "scorer_input_sizes",
 ]
+RELEASE_DATA_ASSET = "filtered_release"  # its per-shard files are the release's data
 SPLIT_LABEL = {"free_form": "free-form", "region": "region-based"}
 
 
@@ -83,6 +91,7 @@ class ReleaseSummary:
     gallery_rows: int = 0
     excluded: dict[str, list[str]] = field(default_factory=dict)  # shard left out -> reasons
     selection_rule: str = ""
+    cost: dict[str, Any] = field(default_factory=dict)  # ReleaseCost.to_dict() (release/cost.py)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -136,6 +145,27 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+def data_file_entry(lake: Lake, shard: str, rows_by_split: Mapping[str, int], data_prefix: str) -> dict[str, Any]:
+    """One data file of the release: the shard's filtered_release file, with its rows per split, bytes and sha256.
+    `path` is how the card reaches it (`data_prefix` + its path in the lake); `uri` is where it lives."""
+    relpath = shard_relpath(RELEASE_DATA_ASSET, shard)
+    if lake.is_s3:
+        data = lake.read_bytes(relpath)
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
+    else:
+        local = Path(lake.root) / relpath
+        size, digest = local.stat().st_size, sha256_file(local)
+    return {
+        "path": f"{data_prefix}{relpath}",
+        "uri": lake.shard_uri(RELEASE_DATA_ASSET, shard),
+        "shard": shard,
+        "rows": sum(rows_by_split.values()),
+        "rows_by_split": dict(sorted(rows_by_split.items())),
+        "bytes": size,
+        "sha256": digest,
+    }
+
+
 def build_release(
     lake: Lake,
     out_dir: str | Path,
@@ -149,22 +179,27 @@ def build_release(
     excluded: Mapping[str, list[str]] | None = None,
     gate_rows: list[dict[str, Any]] | None = None,
     selection_rule: str = "",
+    data_prefix: str = "../",
+    cost: ReleaseCost | None = None,
 ) -> ReleaseSummary:
     """Write the release folder (see module docstring) and return its summary. `thresholds`: split -> Thresholds.
     `shards`: the shards the release gate admitted (None: every filtered_release shard in the lake, for callers
-    without a gate); `excluded`: shard -> reasons, listed on the card; `gate_rows`: the `release_gate` table."""
+    without a gate); `excluded`: shard -> reasons, listed on the card; `gate_rows`: the `release_gate` table;
+    `data_prefix`: what makes a lake path reachable from the published card ("../" when the card is published in
+    the lake's `release/`, the lake root + "/" elsewhere); `cost`: the release's cost (release/cost.py)."""
     out = Path(out_dir)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     summary = ReleaseSummary()
-    shards = sorted(lake.list_shards("filtered_release") if shards is None else shards)
+    shards = sorted(lake.list_shards(RELEASE_DATA_ASSET) if shards is None else shards)
     summary.shards = shards
     summary.excluded = {k: list(v) for k, v in sorted((excluded or {}).items())}
     summary.selection_rule = selection_rule
+    summary.cost = cost.to_dict() if cost is not None else {}
 
-    # pass 1: the small columns of every row (stats, sample choice, uniqueness)
+    # pass 1: the small columns of every row (stats, sample choice, uniqueness, rows per file and split)
     rows: list[dict[str, Any]] = []
     for shard in shards:
-        for batch in lake.iter_batches("filtered_release", shard, batch_size=4096, columns=SUMMARY_COLUMNS):
+        for batch in lake.iter_batches(RELEASE_DATA_ASSET, shard, batch_size=4096, columns=SUMMARY_COLUMNS):
             rows.extend(batch.to_pylist())
     summary.rows = len(rows)
     summary.by_split = dict(Counter(r["split"] for r in rows))
@@ -185,72 +220,52 @@ def build_release(
     summary.duplicate_uid = len(rows) - len({r["uid"] for r in rows})
     gallery_idx = _gallery_pick(rows, gallery_size)
     figures = _histograms(rows, out / "figures")
+    split_counts: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        split_counts[r["shard"]][r["split"]] += 1
 
-    # pass 2: split files + gallery images
-    schema = release_schema()
+    # pass 2: the data files are referenced, not copied; only the gallery's sampled images are extracted
     gallery_dir = out / "gallery"
     (gallery_dir / "images").mkdir(parents=True, exist_ok=True)
     gallery: list[dict[str, Any]] = []
+    wanted = pa.array(sorted(gallery_idx), pa.int64())
     for shard in shards:
-        writers: dict[str, pq.ParquetWriter] = {}
-        counts: Counter = Counter()
-        try:
-            for batch in lake.iter_batches("filtered_release", shard, batch_size=batch_size):
-                table = pa.Table.from_batches([batch]).cast(schema)
-                for split in SPLITS:
-                    part = table.filter(pa.compute.equal(table["split"], split))
-                    if part.num_rows == 0:
-                        continue
-                    if split not in writers:
-                        writers[split] = pq.ParquetWriter(
-                            str(out / "data" / f"{split}-{shard}.parquet"), schema, compression="zstd"
-                        )
-                    writers[split].write_table(part)
-                    counts[split] += part.num_rows
-                for row in table.filter(
-                    pa.compute.is_in(table["idx"], pa.array(sorted(gallery_idx), pa.int64()))
-                ).to_pylist():
-                    entry = {
-                        k: row[k]
-                        for k in (
-                            "idx",
-                            "split",
-                            "edit_type",
-                            "edit_prompt",
-                            "source_caption",
-                            "target_caption",
-                            "edit_object",
-                            *RELEASE_METRICS,
-                            "l1",
-                        )
-                    }
-                    for col in IMAGE_COLUMNS:
-                        cell = row[col]
-                        if cell and cell.get("bytes"):
-                            name = f"{row['idx']}_{col}.png"
-                            (gallery_dir / "images" / name).write_bytes(cell["bytes"])
-                            entry[col] = f"images/{name}"
-                        else:
-                            entry[col] = None
-                    gallery.append(entry)
-        finally:
-            for w in writers.values():
-                w.close()
-        for split, n in sorted(counts.items()):
-            path = out / "data" / f"{split}-{shard}.parquet"
-            summary.files.append(
-                {
-                    "path": f"data/{split}-{shard}.parquet",
-                    "split": split,
-                    "rows": n,
-                    "bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
+        if not split_counts.get(shard):  # an admitted shard that kept nothing has no data to list (or to load)
+            continue
+        summary.files.append(data_file_entry(lake, shard, split_counts[shard], data_prefix))
+        if not gallery_idx:
+            continue
+        for batch in lake.iter_batches(RELEASE_DATA_ASSET, shard, batch_size=batch_size):
+            table = pa.Table.from_batches([batch])
+            for row in table.filter(pa.compute.is_in(table["idx"], wanted)).to_pylist():
+                entry = {
+                    k: row[k]
+                    for k in (
+                        "idx",
+                        "split",
+                        "edit_type",
+                        "edit_prompt",
+                        "source_caption",
+                        "target_caption",
+                        "edit_object",
+                        *RELEASE_METRICS,
+                        "l1",
+                    )
                 }
-            )
+                for col in IMAGE_COLUMNS:
+                    cell = row[col]
+                    if cell and cell.get("bytes"):
+                        name = f"{row['idx']}_{col}.png"
+                        (gallery_dir / "images" / name).write_bytes(cell["bytes"])
+                        entry[col] = f"images/{name}"
+                    else:
+                        entry[col] = None
+                gallery.append(entry)
     gallery.sort(key=lambda e: (e["split"], e["idx"]))
     summary.gallery_rows = len(gallery)
     (gallery_dir / "index.html").write_text(gallery_html(gallery, title), encoding="utf-8")
-    (out / "README.md").write_text(card_markdown(summary, thresholds, figures, title, profile_note), encoding="utf-8")
+    card = card_markdown(summary, thresholds, figures, title, profile_note, cost=cost)
+    (out / "README.md").write_text(card, encoding="utf-8")
     (out / "release.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
     if gate_rows is not None:
         pq.write_table(gate_table(gate_rows), str(out / "release_gate.parquet"))
@@ -284,23 +299,23 @@ def make_readable(folder: Path) -> None:
 
 
 def card_markdown(
-    s: ReleaseSummary, thresholds: Mapping[str, Any], figures: list[str], title: str, profile_note: str = ""
+    s: ReleaseSummary,
+    thresholds: Mapping[str, Any],
+    figures: list[str],
+    title: str,
+    profile_note: str = "",
+    cost: ReleaseCost | None = None,
 ) -> str:
-    splits_present = [sp for sp in SPLITS if any(f["split"] == sp for f in s.files)]
     yaml = [
         "---",
         "license: other",
         "task_categories:",
         "- image-to-image",
         f"pretty_name: {title}",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
     ]
-    for sp in splits_present:
-        yaml += [f"  - split: {sp}", f"    path: data/{sp}-*.parquet"]
-    if not splits_present:
-        yaml = yaml[:-2]
+    if s.files:  # one file per shard holds both splits; the `split` column says which (docs/method.md §6)
+        yaml += ["configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
+        yaml += [f"    - {f['path']}" for f in s.files]
     yaml.append("---")
     lines = [
         *yaml,
@@ -388,12 +403,29 @@ def card_markdown(
         lines += ["Every release row carries `thresholds`, `selection_rule` and `rule_version`."]
     lines += ["", "## Models", "", "| stage | model ids |", "|---|---|"]
     lines += [f"| {k} | {', '.join(v) or '—'} |" for k, v in s.models.items()]
-    lines += ["", "## Files", "", "| file | split | rows | bytes | sha256 |", "|---|---|---|---|---|"]
-    lines += [f"| {f['path']} | {f['split']} | {f['rows']} | {f['bytes']} | `{f['sha256']}` |" for f in s.files]
+    if cost is not None:
+        lines += ["", *cost_markdown(cost)]
     lines += [
         "",
-        'Load it with `datasets.load_dataset("parquet", data_files={"free_form": "data/free_form-*.parquet", '
-        '"region": "data/region-*.parquet"})`; the image columns decode to PIL images.',
+        "## Files",
+        "",
+        "The release's data are the admitted shards' `filtered_release` files in the lake, stored once and listed "
+        "here with their checksums; each holds both splits (column `split`: free_form or region).",
+        "",
+        "| file | free_form | region | bytes | sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f['path']} | {f['rows_by_split'].get('free_form', 0)} | {f['rows_by_split'].get('region', 0)} "
+        f"| {f['bytes']} | `{f['sha256']}` |"
+        for f in s.files
+    ]
+    lines += [
+        "",
+        'Load it with `datasets.load_dataset("parquet", data_files=[...the files above...])["train"]` and '
+        '`.filter(lambda r: r["split"] == "region")` for one split, or in DuckDB: '
+        "`SELECT * FROM read_parquet([...the files above...]) WHERE split = 'region'`; the image columns "
+        "decode to PIL images.",
         "",
         "## Gallery",
         "",

@@ -79,3 +79,27 @@ def gather(instance: dg.DagsterInstance, lake: Lake, shards: list[str]) -> list[
         e.file_exists, e.file_run_id = file_run_id(lake, shard)
         out.append(e)
     return out
+
+
+# stage -> (asset whose materialization metadata records it, metadata key); docs/method.md §8
+MEASURED_SECONDS = {
+    "generation": ("edit_candidates", "generation_seconds"),
+    "scoring": ("metric_scores", "scoring_seconds"),
+}
+
+
+def measured_model_seconds(instance: dg.DagsterInstance, shards: list[str]) -> dict[str, float]:
+    """stage -> model seconds summed over the shards' latest materializations (stages that measure them)."""
+    out: dict[str, float] = {}
+    for stage, (asset, key) in MEASURED_SECONDS.items():
+        for shard in shards:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard]), limit=1
+            )
+            if not result.records:
+                continue
+            metadata = result.records[0].asset_materialization.metadata or {}
+            value = metadata.get(key)
+            if value is not None:
+                out[stage] = out.get(stage, 0.0) + float(getattr(value, "value", value))
+    return out
