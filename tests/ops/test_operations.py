@@ -228,8 +228,12 @@ def test_rebuild_selection_and_schedule(four_shards):
 
     schedule = automation.build_rebuild_schedule(defs.resolve_job_def("shard_pipeline"), [SI, PROBE])
     assert schedule.cron_schedule == "0 2 * * *" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    ctx = dg.build_schedule_context(instance=inst, scheduled_execution_time=dt.datetime(2025, 1, 2, 2, 0))
-    run_requests = schedule(ctx)
+    with dg.build_schedule_context(
+        instance=inst,
+        scheduled_execution_time=dt.datetime(2025, 1, 2, 2, 0),
+        resources={"lake": LakeResource(root=lake.root)},
+    ) as ctx:
+        run_requests = schedule(ctx)
     requested = {r.partition_key: list(r.asset_selection) for r in run_requests}
     assert requested == todo  # never the healthy shard, never a healthy asset of a broken shard
     assert all(r.run_key.endswith("20250102T0200") for r in run_requests)
@@ -242,6 +246,43 @@ def test_rebuild_selection_and_schedule(four_shards):
     }
     with pytest.raises(ValueError, match="not a per-shard asset"):
         backfill.failed_asset_partitions(inst, defs, "nope")
+
+
+def test_rebuild_and_backfill_redo_shards_with_rows_marked_retryable(four_shards):
+    """The healthy shard ops-00000 materialized, but one of its images failed during an S3 outage (a row marked
+    retryable): the nightly rebuild and `backfill --failed` redo it from source_images on; without a lake to look
+    in (the previous behaviour) it was never retried."""
+    from ultraedit_dagster.sources.rows import RETRYABLE_MARK
+
+    inst, defs, lake, keys, _ = four_shards
+    rows = lake.read_table("source_images", "ops-00000").to_pylist()
+    rows[1].update(status="failed", image=None, error=f"{RETRYABLE_MARK}cannot fetch s3://b/k after 4 attempts")
+    lake.write_table(
+        "source_images",
+        "ops-00000",
+        pa.Table.from_pylist(rows, schema=lake.read_table("source_images", "ops-00000").schema),
+    )
+    failed_only = automation.assets_needing_rebuild(inst, [SI, PROBE], shards)
+    assert "ops-00000" not in failed_only  # what the instance alone knows: the partition materialized
+    plan = automation.rebuild_plan(inst, [SI, PROBE], shards, lake=lake)
+    assert plan.todo == {"ops-00000": [SI, PROBE], **failed_only} and plan.retryable == ["ops-00000"]
+
+    schedule = automation.build_rebuild_schedule(defs.resolve_job_def("shard_pipeline"), [SI, PROBE])
+    with dg.build_schedule_context(
+        instance=inst,
+        scheduled_execution_time=dt.datetime(2025, 1, 3, 2, 0),
+        resources={"lake": LakeResource(root=lake.root)},
+    ) as ctx:
+        requested = {r.partition_key: list(r.asset_selection) for r in schedule(ctx)}
+    assert requested["ops-00000"] == [SI, PROBE]
+    assert backfill.failed_asset_partitions(inst, defs, lake=lake)["ops-00000"] == [SI, PROBE]
+    assert backfill.failed_asset_partitions(inst, defs, "probe_stats", lake=lake)["ops-00000"] == [SI, PROBE]
+    assert "ops-00000" not in backfill.failed_asset_partitions(inst, defs, "probe_stats")
+
+    # once the store is back the rebuild repairs the rows, and the shard is healthy again
+    job = defs.resolve_job_def("shard_pipeline")
+    assert job.execute_in_process(partition_key="ops-00000", instance=inst, asset_selection=[SI, PROBE]).success
+    assert "ops-00000" not in automation.rebuild_plan(inst, [SI, PROBE], shards, lake=lake).todo
 
 
 def test_launch_failed_backfill_targets_only_broken_pairs(four_shards):

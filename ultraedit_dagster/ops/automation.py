@@ -10,7 +10,8 @@
 - `automation_sensor`: evaluates every asset's `automation_condition` (per-shard assets are `eager()`, so a
   re-materialized upstream shard flows down to the release; `release_card` follows its release shards).
 - `build_rebuild_schedule(job, shard_asset_keys)`: nightly, requests exactly the (asset, shard) pairs that are missing
-  or whose latest materialization attempt failed; healthy shards and shards with a run in progress are left alone.
+  or whose latest materialization attempt failed, and the shards holding failure rows marked retryable (from the
+  stage that marked them on); healthy shards and shards with a run in progress are left alone.
 - `shards_needing_rebuild(...)` / `assets_needing_rebuild(...)`: the selection shared by the schedule and
   `ultraedit backfill --failed`.
 """
@@ -19,7 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -247,10 +248,39 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 @dataclass(frozen=True)
 class RebuildPlan:
     """What an incremental rebuild would do: `todo` = {shard: [asset keys missing or failed]}, and `busy` = the
-    shards left out because a run of theirs is queued or in progress."""
+    shards left out because a run of theirs is queued or in progress; `retryable` = the shards of `todo` chosen (also)
+    because they hold failure rows marked retryable."""
 
     todo: dict[str, list[dg.AssetKey]]
     busy: list[str]
+    retryable: list[str] = field(default_factory=list)
+
+
+# The stages whose failure rows can be marked retryable (sources.rows.RETRYABLE_MARK: an image fetch or an LLM request
+# that failed for a transport reason), in graph order; later stages carry such an error down behind their prefix.
+RETRYABLE_ROW_ASSETS = ("source_images", "captions", "edit_instructions")
+
+
+def retryable_rebuilds(
+    lake, asset_keys: Iterable[dg.AssetKey | str], partition_keys: Sequence[str] | None = None
+) -> dict[str, list[dg.AssetKey]]:
+    """{shard: [asset keys to redo]} for the shards whose partitions materialized but hold rows marked retryable:
+    the first stage (in `asset_keys`' order, which is the graph's: the per-shard assets form a chain) whose rows are
+    marked, and every asset after it, so the repaired rows flow on to the release. Only `partition_keys` are
+    considered when given (the registered shards)."""
+    from ultraedit_dagster.sources.rows import shards_with_retryable_rows
+
+    keys = [_asset_key(k) for k in asset_keys]
+    names = [k.path[-1] for k in keys]
+    wanted = None if partition_keys is None else set(partition_keys)
+    out: dict[str, list[dg.AssetKey]] = {}
+    for origin in RETRYABLE_ROW_ASSETS:
+        if origin not in names:
+            continue
+        for shard in shards_with_retryable_rows(lake, origin):
+            if shard not in out and (wanted is None or shard in wanted):
+                out[shard] = keys[names.index(origin) :]
+    return out
 
 
 def rebuild_plan(
@@ -258,8 +288,10 @@ def rebuild_plan(
     asset_keys: Iterable[dg.AssetKey | str],
     partitions_def: dg.PartitionsDefinition = shards,
     partition_keys: Sequence[str] | None = None,
+    lake=None,
 ) -> RebuildPlan:
-    """The missing or failed (asset, shard) pairs of every registered shard, and the shards skipped as busy."""
+    """The missing or failed (asset, shard) pairs of every registered shard, and the shards skipped as busy. With a
+    `lake`, shards holding rows marked retryable are added (`retryable_rebuilds`), busy ones still left alone."""
     keys = [_asset_key(k) for k in asset_keys]
     if partition_keys is None:
         partition_keys = (
@@ -280,9 +312,13 @@ def rebuild_plan(
                 busy.add(pk)
             elif s != dg.AssetPartitionStatus.MATERIALIZED:  # None (missing) or FAILED
                 needs.setdefault(pk, []).append(key)
+    retryable = retryable_rebuilds(lake, keys, partition_keys) if lake is not None else {}
+    for pk, redo in retryable.items():
+        needs[pk] = [k for k in keys if k in redo or k in needs.get(pk, [])]  # graph order, each key once
     return RebuildPlan(
         todo={pk: needs[pk] for pk in partition_keys if pk in needs and pk not in busy},
         busy=[pk for pk in partition_keys if pk in busy],
+        retryable=[pk for pk in partition_keys if pk in retryable and pk not in busy],
     )
 
 
@@ -291,12 +327,14 @@ def assets_needing_rebuild(
     asset_keys: Iterable[dg.AssetKey | str],
     partitions_def: dg.PartitionsDefinition = shards,
     partition_keys: Sequence[str] | None = None,
+    lake=None,
 ) -> dict[str, list[dg.AssetKey]]:
-    """{shard: [asset keys that are missing or whose latest attempt failed]} for every registered shard.
+    """{shard: [asset keys that are missing or whose latest attempt failed]} for every registered shard (plus, with a
+    `lake`, the assets to redo for rows marked retryable).
 
     A shard with any of the assets in progress (a queued or running run) is left out: it is being rebuilt already.
     """
-    return rebuild_plan(instance, asset_keys, partitions_def, partition_keys).todo
+    return rebuild_plan(instance, asset_keys, partitions_def, partition_keys, lake=lake).todo
 
 
 def shards_needing_rebuild(
@@ -324,10 +362,11 @@ def build_rebuild_schedule(
         job=job,
         default_status=default_status,
         description="Incremental rebuild: requests the (asset, shard) pairs that are missing or whose latest attempt "
-        "failed. Healthy shards are never re-run.",
+        "failed, and redoes shards holding rows marked retryable (an outage of the image store or the LLM) from the "
+        "stage that marked them. Healthy shards are never re-run.",
     )
-    def _rebuild(context: dg.ScheduleEvaluationContext):
-        todo = assets_needing_rebuild(context.instance, keys, shards)
+    def _rebuild(context: dg.ScheduleEvaluationContext, lake: LakeResource):
+        todo = assets_needing_rebuild(context.instance, keys, shards, lake=lake.lake)
         if not todo:
             return dg.SkipReason("every shard is materialized for every per-shard asset")
         tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M") if context.scheduled_execution_time else "now"
