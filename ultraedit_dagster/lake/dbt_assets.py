@@ -10,14 +10,18 @@ code server, a sensor tick or a run that does not touch the warehouse never pays
 import json
 import os
 import re
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake import dbt_manifest
 from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, MANIFEST, dbt_env, dbt_executable, selection_vars
+from ultraedit_dagster.lake.resources import S3Connection
 
 # Nothing runs at import: the manifest is made by `make setup` / `make ui` / the Dockerfile
 # (`python -m ultraedit_dagster.lake.dbt_project`), never while the definitions load.
@@ -83,20 +87,91 @@ def _check_specs(model: dbt_manifest.DbtModel) -> list[dg.AssetCheckSpec]:
     ]
 
 
+# Environment variables that carry the lake's S3 endpoint and credentials to the dbt process (set only around it); the
+# generated profile reads them with env_var(), so no secret is written to disk.
+S3_ENV = {
+    "endpoint": "ULTRAEDIT_DBT_S3_ENDPOINT",
+    "key_id": "ULTRAEDIT_DBT_S3_KEY_ID",
+    "secret": "ULTRAEDIT_DBT_S3_SECRET",
+    "region": "ULTRAEDIT_DBT_S3_REGION",
+}
+
+
+def s3_profile(profile: dict, httpfs_path: str, extension_dir: str, use_ssl: bool) -> dict:
+    """dbt_quality's profile for a lake on S3: DuckDB loads httpfs from its Python package (extension auto-install
+    off: nothing is downloaded) and registers the lake's endpoint and credentials as an S3 secret."""
+    profile = json.loads(json.dumps(profile))
+    for output in profile["ultraedit_quality"]["outputs"].values():
+        output["extensions"] = [httpfs_path]
+        options = output.setdefault("config_options", {})
+        options.update(autoinstall_known_extensions=False, extension_directory=extension_dir)
+        output["secrets"] = [
+            {
+                "type": "s3",
+                "name": "ultraedit_lake",
+                "key_id": "{{ env_var('%s', '') }}" % S3_ENV["key_id"],
+                "secret": "{{ env_var('%s', '') }}" % S3_ENV["secret"],
+                "region": "{{ env_var('%s', 'us-east-1') }}" % S3_ENV["region"],
+                "endpoint": "{{ env_var('%s', 's3.amazonaws.com') }}" % S3_ENV["endpoint"],
+                "url_style": "path",
+                "use_ssl": "true" if use_ssl else "false",
+            }
+        ]
+    return profile
+
+
 class DbtResource(dg.ConfigurableResource):
-    """How to run dbt on dbt_quality: the project and profiles folders and the dbt executable. It makes dagster-dbt's
-    `DbtCliResource` only when a step runs dbt, so loading the definitions imports neither dagster-dbt nor dbt."""
+    """How to run dbt on dbt_quality: the project and profiles folders, the dbt executable, and the lake's S3
+    endpoint and credentials (used when the lake is on S3). It makes dagster-dbt's `DbtCliResource` only when a step
+    runs dbt, so loading the definitions imports neither dagster-dbt nor dbt."""
 
     project_dir: str
     profiles_dir: str
     dbt_executable: str = "dbt"
+    s3: Optional[S3Connection] = None
 
-    def cli_resource(self):
+    def cli_resource(self, profiles_dir: str | None = None):
         from dagster_dbt import DbtCliResource
 
         return DbtCliResource(
-            project_dir=self.project_dir, profiles_dir=self.profiles_dir, dbt_executable=self.dbt_executable
+            project_dir=self.project_dir,
+            profiles_dir=profiles_dir or self.profiles_dir,
+            dbt_executable=self.dbt_executable,
         )
+
+    @contextmanager
+    def profiles_for(self, lake_root: str):
+        """The profiles folder for a dbt run over `lake_root`: the project's own for a local lake; for an S3 lake, a
+        temporary one (`s3_profile`) with the endpoint and credentials in the process environment meanwhile."""
+        if not lake_root.startswith("s3://"):
+            yield self.profiles_dir
+            return
+        import yaml
+
+        from ultraedit_dagster.lake.warehouse import httpfs_extension_path
+
+        s3 = self.s3 or S3Connection()
+        endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+        values = {
+            "endpoint": endpoint.removeprefix("https://").removeprefix("http://"),
+            "key_id": s3.aws_access_key_id or os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            "secret": s3.aws_secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            "region": s3.region_name or os.environ.get("AWS_REGION", "us-east-1"),
+        }
+        base = yaml.safe_load((Path(self.profiles_dir) / "profiles.yml").read_text())
+        saved = {name: os.environ.get(name) for name in S3_ENV.values()}
+        with tempfile.TemporaryDirectory(prefix="ultraedit-dbt-s3-") as tmp:
+            profile = s3_profile(base, str(httpfs_extension_path()), tmp, use_ssl=not endpoint.startswith("http://"))
+            (Path(tmp) / "profiles.yml").write_text(yaml.safe_dump(profile))
+            try:
+                os.environ.update({S3_ENV[k]: v for k, v in values.items() if v})
+                yield tmp
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
 
     def stream(self, context: dg.AssetExecutionContext, args: list[str]):
         """Run `dbt <args>` and yield its results as this step's outputs and check results (dagster-dbt's event
@@ -108,9 +183,14 @@ class DbtResource(dg.ConfigurableResource):
         # one target folder per invocation, named as dagster-dbt names them (op, run, random suffix)
         op_name = context.op_execution_context.op.name
         target = Path("target") / f"{op_name}-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
-        invocation = self.cli_resource().cli(
-            args, manifest=manifest, dagster_dbt_translator=translator, target_path=target
-        )
+        with self.profiles_for(os.environ.get("ULTRAEDIT_LAKE", "")) as profiles_dir:
+            invocation = self.cli_resource(profiles_dir).cli(
+                args, manifest=manifest, dagster_dbt_translator=translator, target_path=target
+            )
+            yield from self._events(context, invocation, manifest, translator)
+
+    @staticmethod
+    def _events(context, invocation, manifest, translator):
         for event in invocation.stream_raw_events():
             yield from event.to_default_asset_events(
                 manifest=manifest,
@@ -142,9 +222,15 @@ def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtResource, pipe
 
 
 def dbt_resource() -> DbtResource:
-    """The `dbt` resource for definitions.py."""
+    """The `dbt` resource for definitions.py: the lake's S3 endpoint and credentials as the lake resource has them
+    (dg.EnvVar, resolved inside the run)."""
+    from ultraedit_dagster.lake.resources import lake_resource_from_env
+
     return DbtResource(
-        project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=dbt_executable()
+        project_dir=str(DBT_PROJECT_DIR),
+        profiles_dir=str(DBT_PROJECT_DIR),
+        dbt_executable=dbt_executable(),
+        s3=lake_resource_from_env().s3,
     )
 
 
