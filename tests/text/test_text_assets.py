@@ -110,7 +110,7 @@ def test_template_pipeline_end_to_end(tmp_path):
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 9 and len(rows) == 10
     assert [r for r in rows if r["status"] == "failed"][0]["error"].startswith("captions: ")
-    assert all(r["llm_id"] == "template-v1" and r["mode"] in ("free_form", "region") for r in ok)
+    assert all(r["llm_id"] == "template-v2" and r["mode"] in ("free_form", "region") for r in ok)
     assert len({r["instruction_uid"] for r in rows}) == len(rows)
     # re-running reproduces the shard exactly
     with _instance() as inst:
