@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 from importlib import resources as importlib_resources
-from pathlib import Path
 
 from ultraedit_dagster.core import settings
 from ultraedit_dagster.ops.instance import ensure_instance, pool_limits
@@ -209,15 +208,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_summary(lake, title: str = "lake summary", queries: bool = True) -> None:
     """Rows, ok and failed rows per per-shard asset in `lake`; with `queries`, where to query the warehouse."""
-    import duckdb
-
     from ultraedit_dagster.lake.store import SHARD_ASSETS
 
     print(f"\n== ultraedit {title} ==")
     print(f"{'asset':<20}{'shards':>8}{'rows':>8}{'ok':>8}{'failed':>8}")
-    from ultraedit_dagster.lake.warehouse import CONNECTION_CONFIG
+    from ultraedit_dagster.lake.warehouse import init_script_path, lake_connection
 
-    con = duckdb.connect(config=dict(CONNECTION_CONFIG))
+    # httpfs from its package for an S3 lake; auto-install off (no outbound request)
+    con = lake_connection(lake)
     for asset in SHARD_ASSETS:
         shards = lake.list_shards(asset)
         if not shards:
@@ -234,7 +232,8 @@ def print_summary(lake, title: str = "lake summary", queries: bool = True) -> No
     print(f"warehouse: {wh}")
     print(f"dagster:   {settings.dagster_home()}  (make ui, then open http://127.0.0.1:3000)")
     if queries:
-        print(f'\nQueries to paste into `.venv/bin/duckdb -readonly {wh}` (or `.venv/bin/ultraedit sql "..."`):')
+        shell = f"-init {init_script_path(wh)} " if lake.is_s3 else ""
+        print(f'\nQueries to paste into `.venv/bin/duckdb -readonly {shell}{wh}` (or `.venv/bin/ultraedit sql "..."`):')
         for query in ANALYST_QUERIES:
             print(f"  {query}")
 
@@ -268,9 +267,8 @@ def print_yield(con, lake) -> None:
             f"triplets:   {len(per_triplet)}, {early} stopped early, {dropped} region triplets kept nothing "
             f"(fewer than {profile.selection.region_min_passing} passing, or failed upstream)"
         )
-    release_json = Path(lake.root) / "release" / "release.json"
-    if not lake.is_s3 and release_json.exists():
-        cost = json.loads(release_json.read_text()).get("cost") or {}
+    if lake.has_bytes("release/release.json"):  # a local or an S3 lake
+        cost = json.loads(lake.read_bytes("release/release.json")).get("cost") or {}
         if cost.get("kept_samples"):
             seconds = ", ".join(f"{k} {v}" for k, v in (cost.get("model_seconds_per_kept_sample") or {}).items())
             print(
@@ -279,7 +277,7 @@ def print_yield(con, lake) -> None:
                 f"row-steps, {cost['lake_bytes_per_kept_sample'] / 1e6:.2f} MB of lake, model seconds: {seconds or '-'}"
             )
     gate = lake.root.rstrip("/") + "/release/release_gate.parquet"
-    if not lake.is_s3 and Path(gate).exists():
+    if lake.has_bytes("release/release_gate.parquet"):
         left_out = con.execute(
             "SELECT shard, string_agg(DISTINCT \"check\" || ': ' || detail, '; ') FROM read_parquet(?) "
             "WHERE NOT included AND NOT passed GROUP BY shard ORDER BY shard",
@@ -328,8 +326,8 @@ def run_sql(con, query: str, max_rows: int = 40, out=None) -> None:
 def _open_warehouse_for_reading():
     """The warehouse read-only, its views re-pointed first if the lake has moved since they were made."""
     from ultraedit_dagster.lake.resources import lake_resource_from_env
-    from ultraedit_dagster.lake.store import SHARD_ASSETS
     from ultraedit_dagster.lake.warehouse import (
+        LAKE_VIEWS,
         configure_lake_access,
         connect_reader,
         connect_writer,
@@ -337,20 +335,26 @@ def _open_warehouse_for_reading():
         lake_root_of,
         refresh_views,
         views_are_stale,
+        write_init_script,
     )
 
     path = settings.warehouse_path()
     con = connect_reader(path)
     resource = lake_resource_from_env(for_definitions=False)
     if not views_are_stale(con, resource.lake):
+        # views over an S3 lake need httpfs and the credentials in this session too
+        configure_lake_access(con, resource.lake, resource.s3_settings())
         return con
     old = lake_root_of(con)
     con.close()
     with connect_writer(path) as writer:
         configure_lake_access(writer, resource.lake, resource.s3_settings())
-        refresh_views(writer, resource.lake, SHARD_ASSETS)
+        refresh_views(writer, resource.lake, LAKE_VIEWS)
+    write_init_script(path, resource.lake)
     print(f"note: the lake moved ({old} -> {lake_location(resource.lake)}); views re-pointed", file=sys.stderr)
-    return connect_reader(path)
+    con = connect_reader(path)
+    configure_lake_access(con, resource.lake, resource.s3_settings())
+    return con
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -80,6 +80,8 @@ _RETRYABLE_CLASS_NAMES = {
     "ConnectTimeout",
     "RemoteProtocolError",
     "PoolTimeout",
+    # lake/warehouse.py: another process has the DuckDB file open (an analyst's shell); it may close
+    "WarehouseLocked",
 }
 # Errors no retry can fix: fail fast with a clear message.
 _PERMANENT_CLASS_NAMES = {

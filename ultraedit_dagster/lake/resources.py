@@ -8,7 +8,7 @@ from pydantic import PrivateAttr
 
 from ultraedit_dagster.core import settings
 from ultraedit_dagster.lake.store import Lake
-from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH
+from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH, LOCK_WAIT_S
 
 # Lake storage as a Dagster resource: a local folder or S3 through dagster-aws's S3Resource.
 
@@ -123,6 +123,8 @@ def lake_resource_from_env(for_definitions: bool = True) -> LakeResource:
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB file holding a view per lake asset and the dbt_quality models. One writer at a time."""
+    """The DuckDB file holding a view per lake asset and the dbt_quality models. One writer at a time; a refresh
+    waits `lock_wait_s` for a process holding the file open, then fails with a retryable WarehouseLocked."""
 
     path: str = DEFAULT_WAREHOUSE_PATH
+    lock_wait_s: float = LOCK_WAIT_S
