@@ -139,3 +139,62 @@ def test_sql_identifiers_from_outside_are_refused(tmp_path):
         assert refresh_views(con, lake, ("source_images",))["source_images"] == 1
     with pytest.raises(ValueError):
         lake.write_table("source_images", "s-00000'; DROP", pa.table({"uid": ["a"]}))
+
+
+# -- the test session's network guard (tests/conftest.py): nothing leaves 127.0.0.1 --------------------------------
+
+
+@pytest.fixture
+def guard_log():
+    """The guard's violations log; what a test plants there on purpose is removed afterwards."""
+    from tests.conftest import NET_GUARD_LOG
+
+    before = NET_GUARD_LOG.read_text(encoding="utf-8") if NET_GUARD_LOG.exists() else ""
+    yield NET_GUARD_LOG
+    NET_GUARD_LOG.write_text(before, encoding="utf-8")
+
+
+def _new_lines(log, before: str) -> list[str]:
+    text = log.read_text(encoding="utf-8") if log.exists() else ""
+    return text[len(before) :].strip().splitlines()
+
+
+def test_the_guard_refuses_outbound_connections_in_the_test_process(guard_log):
+    import socket
+
+    before = guard_log.read_text(encoding="utf-8") if guard_log.exists() else ""
+    with pytest.raises(ConnectionRefusedError, match="outbound network access refused"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1, never routable
+    with pytest.raises(ConnectionRefusedError, match="name lookup of 'api.openai.com'"):
+        socket.getaddrinfo("api.openai.com", 443)
+    with pytest.raises(ConnectionRefusedError):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53))
+    assert len(_new_lines(guard_log, before)) == 3  # recorded even where a caller would swallow the error
+
+    # loopback works as before
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=5):
+            pass
+        with socket.create_connection(("localhost", server.getsockname()[1]), timeout=5):
+            pass
+
+
+def test_the_guard_covers_python_subprocesses(guard_log):
+    import os
+    import subprocess
+    import sys
+
+    before = guard_log.read_text(encoding="utf-8") if guard_log.exists() else ""
+    code = (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('192.0.2.1', 80), timeout=1)\n"
+        "except Exception as exc:\n"  # swallowed, as library code may: the log still has it
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert "ConnectionRefusedError outbound network access refused" in out.stdout, out.stdout + out.stderr
+    [line] = _new_lines(guard_log, before)
+    assert "192.0.2.1" in line and "pid" in line
