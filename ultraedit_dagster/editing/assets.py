@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import materialize_each_shard_multi, shards
+from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard_multi, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
@@ -87,9 +87,12 @@ def candidates_and_scores(
             lk.open_writer(ASSET, shard, EDIT_CANDIDATES_SCHEMA) as cand_writer,
             lk.open_writer(SCORES, shard, METRIC_SCORES_SCHEMA) as score_writer,
         ):
+            # progress in triplets finished (one edit_instructions row each), logged every few rounds
+            progress = ShardProgress(context.log, shard, lk.num_rows("edit_instructions", shard), unit="triplets")
             for cands, scores in runner.run():
                 cand_writer.write_table(pa.Table.from_pylist(cands, schema=EDIT_CANDIDATES_SCHEMA))
                 score_writer.write_table(pa.Table.from_pylist(scores, schema=METRIC_SCORES_SCHEMA))
+                progress.advance(len({s["instruction_uid"] for s in scores}))
                 for s in scores:
                     rows += 1
                     by_mode[f"{s['mode']}:{s['outcome'].split(':', 1)[0]}"] += 1

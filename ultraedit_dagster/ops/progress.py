@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TextIO
 
-_PROGRESS = re.compile(r"^progress (?P<shard>[a-z0-9-]+): rows (?P<done>\d+)/(?P<total>\d+)")
+_PROGRESS = re.compile(r"^progress (?P<shard>[a-z0-9-]+): (?P<unit>[a-z]+) (?P<done>\d+)/(?P<total>\d+)")
 
 
 def rate_and_eta(done: int, total: int, elapsed_s: float) -> tuple[float, float | None]:
@@ -27,11 +27,12 @@ def rate_and_eta(done: int, total: int, elapsed_s: float) -> tuple[float, float 
     return rate, left
 
 
-def progress_message(shard: str, done: int, total: int, elapsed_s: float) -> str:
-    """`progress <shard>: rows <done>/<total>, <rate> rows/s, ~<eta> s left` (what long steps log)."""
+def progress_message(shard: str, done: int, total: int, elapsed_s: float, unit: str = "rows") -> str:
+    """`progress <shard>: <unit> <done>/<total>, <rate> <unit>/s, ~<eta> s left` (what long steps log; the unit is
+    `rows`, or `triplets` for the generate-and-score step)."""
     rate, left = rate_and_eta(done, total, elapsed_s)
     eta = f", ~{left:.0f} s left" if left is not None else ""
-    return f"progress {shard}: rows {done}/{total}, {rate:.2f} rows/s{eta}"
+    return f"progress {shard}: {unit} {done}/{total}, {rate:.2f} {unit}/s{eta}"
 
 
 def _step_stage(step_key: str) -> str:
@@ -104,7 +105,7 @@ class RunProgress:
             m = _PROGRESS.match(entry.user_message or "")
             if m and step:
                 elapsed = now - self._started.get(step, now)
-                msg = progress_message(m["shard"], int(m["done"]), int(m["total"]), elapsed)
+                msg = progress_message(m["shard"], int(m["done"]), int(m["total"]), elapsed, m["unit"])
                 self._print(f"    {_step_stage(step)} {msg.removeprefix('progress ')}")
             return
         kind = event.event_type

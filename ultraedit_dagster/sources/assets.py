@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
-from ultraedit_dagster.core.partitions import materialize_each_shard, shards
+from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
@@ -39,6 +39,7 @@ def source_images(
         profile = pipeline.profile.name
         rows_total = failed = retryable = 0
         breaker = FetchBreaker()
+        progress = ShardProgress(context.log, shard, len(manifest))
         preview = []
         reasons: dict[str, int] = {}
         with lake.lake.open_writer("source_images", shard, SOURCE_IMAGES_SCHEMA) as writer:
@@ -68,6 +69,7 @@ def source_images(
                     elif len(preview) < PREVIEW_IMAGES:
                         preview.append(decode_png(row["image"]))
                 writer.write_table(pa.Table.from_pylist(batch, schema=SOURCE_IMAGES_SCHEMA))
+                progress.advance(len(batch))
         return {
             "rows": rows_total,
             "ok": rows_total - failed,

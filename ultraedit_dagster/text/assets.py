@@ -7,12 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
-from ultraedit_dagster.core.partitions import materialize_each_shard, shards
+from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
+from ultraedit_dagster.sources.manifests import read_shard_manifest
 from ultraedit_dagster.sources.rows import is_retryable_error
 from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource
 from ultraedit_dagster.text.rows import (
@@ -105,6 +106,11 @@ def captions(
         total = failed = truncated = retryable = 0
         reasons: dict[str, int] = {}
         preview: list[dict] = []
+        # rows to come: a local Parquet footer; on S3 the shard manifest's count (one source_images row each, a
+        # small object), since counting the source_images object there would download its images a second time
+        lk = lake.lake
+        total = read_shard_manifest(lk, shard).num_rows if lk.is_s3 else lk.num_rows("source_images", shard)
+        progress = ShardProgress(context.log, shard, total)
         with lake.lake.open_writer("captions", shard, CAPTIONS_SCHEMA) as writer:
             for batch in lake.lake.iter_batches(
                 "source_images",
@@ -131,6 +137,7 @@ def captions(
                     elif len(preview) < PREVIEW_ROWS:
                         preview.append(r)
                 writer.write_table(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA))
+                progress.advance(len(rows))
         return {
             "rows": total,
             "ok": total - failed,
