@@ -33,7 +33,7 @@ def _confusion(rows: list[tuple[str, str]]) -> Counter:
 
 
 def _matrix(conf: Counter) -> str:
-    short = {t: "".join(w[0] for w in t.split()) + ("l" if t == "Change Local" else "") for t in EDIT_TYPES}
+    short = {t: "".join(w[0] for w in t.split()) for t in EDIT_TYPES}
     head = "true \\ predicted".ljust(18) + " ".join(short[t].rjust(4) for t in EDIT_TYPES)
     lines = [head]
     for t in EDIT_TYPES:
