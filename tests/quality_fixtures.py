@@ -155,9 +155,11 @@ def write_upstream(lake, shard: str, all_failed: bool = False) -> dict:
 
 def write_synthetic_scores_and_release(lake, shard: str, n_triplets: int = 3, seed: int = 0) -> None:
     """metric_scores + filtered_release shards without running any model (for card and dbt tests)."""
-    from ultraedit_dagster.core.profiles import SelectionRule
+    from types import SimpleNamespace
+
+    from ultraedit_dagster.core.profiles import SelectionRule, Thresholds
     from ultraedit_dagster.release.schema import release_row, release_table
-    from ultraedit_dagster.release.selection import select
+    from ultraedit_dagster.release.selection import release_rule, select
     from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA
 
     rng = np.random.default_rng(seed)
@@ -228,7 +230,12 @@ def write_synthetic_scores_and_release(lake, shard: str, n_triplets: int = 3, se
                 "profile": "tiny",
             }
     lake.write_table("metric_scores", shard, pa.Table.from_pylist(scores, schema=METRIC_SCORES_SCHEMA))
-    result = select(scores, SelectionRule(free_form_top_k=2, region_top_k=2, region_min_passing=1))
+    rule_set = SelectionRule(free_form_top_k=2, region_top_k=2, region_min_passing=1)
+    result = select(scores, rule_set)
+    # the rule every row carries: the one that admitted it (passing = clip_sim_dir >= 0.1, the other minimums are
+    # the synthetic ranges' floors, so the release reconciliation in dbt can check the rows against it)
+    floors = Thresholds(0.6, 0.1, 0.2, 0.2, 0.3, min_l1=0.01, max_l1=0.2)
+    rule = release_rule(SimpleNamespace(selection=rule_set, free_form_thresholds=floors, region_thresholds=floors))
     rows = [
         release_row(
             cands[r["candidate_uid"]],
@@ -236,6 +243,7 @@ def write_synthetic_scores_and_release(lake, shard: str, n_triplets: int = 3, se
             rank=r["rank"],
             source={"license": "CC0", "uri": "file:///coffee.jpg"},
             region={"edit_object": "cup"} if r["mode"] == "region" else None,
+            rule=rule,
         )
         for r in result.selected
     ]

@@ -26,7 +26,14 @@ SHARD_ASSETS = {
     "metric_scores",
     "filtered_release",
 }
-DBT_MODELS = {"shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep", "cost_per_kept_sample"}
+DBT_MODELS = {
+    "shard_quality",
+    "edit_type_quality",
+    "metric_summary",
+    "threshold_sweep",
+    "cost_per_kept_sample",
+    "release_reconciliation",
+}
 UNPARTITIONED_ASSETS = {"seed_triplets", "release_card", "warehouse_views", *DBT_MODELS}
 
 # (asset, check name); the dbt ones are the tests in dbt_quality/models/schema.yml, named by dagster-dbt.
@@ -76,6 +83,13 @@ ASSET_CHECKS = {
     ("threshold_sweep", "not_null_threshold_sweep_combo"),
     ("threshold_sweep", "not_null_threshold_sweep_kept_samples"),
     ("threshold_sweep", "unique_threshold_sweep_combo"),
+    ("threshold_sweep", "not_null_threshold_sweep_profile_thresholds"),
+    ("release_reconciliation", "unique_release_reconciliation_uid"),
+    ("release_reconciliation", "not_null_release_reconciliation_uid"),
+    ("release_reconciliation", "release_rows_meet_their_thresholds"),
+    ("release_reconciliation", "release_triplets_respect_top_k"),
+    ("release_reconciliation", "release_region_triplets_have_min_passing"),
+    ("release_reconciliation", "release_rows_match_their_scores"),
 }
 JOBS = {
     "seed_pool": {"seed_triplets"},

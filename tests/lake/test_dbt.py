@@ -46,7 +46,8 @@ def test_lineage_maps_sources_to_dagster_assets():
     assert deps[dg.AssetKey("shard_quality")] == {dg.AssetKey("metric_scores"), dg.AssetKey("filtered_release")}
     assert deps[dg.AssetKey("threshold_sweep")] == {dg.AssetKey("metric_scores")}
     assert {k.asset_key for k in dbt_quality_models.check_keys} == {
-        dg.AssetKey(n) for n in ("shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep")
+        dg.AssetKey(n)
+        for n in ("shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep", "release_reconciliation")
     }
     assert dbt_quality_models.op.pool == "duckdb_writer"
 
@@ -73,16 +74,21 @@ def test_models_built_and_tests_pass_as_checks(dbt_run):
         "WHERE status = 'ok' AND mode = 'free_form'"
     ).fetchone()
     assert n == ref[0] and mean == pytest.approx(ref[1])
-    # sweep: looser thresholds never keep fewer samples; the grid is complete
+    # sweep: the profile's grid, complete; looser thresholds never keep fewer samples
+    from ultraedit_dagster.core.profiles import get_profile
+    from ultraedit_dagster.lake.dbt_project import sweep_vars
+
+    grid = sweep_vars(get_profile("tiny"))["sweep_grid"]
+    size = len(grid["clip_sim_image"]) * len(grid["clip_sim_dir"]) * len(grid["clip_sim_caption"])
+    size *= len(grid["dinov2_sim"])
     rows = con.execute("SELECT count(*), count(DISTINCT combo) FROM threshold_sweep").fetchone()
-    assert rows[0] == rows[1] == 6 * 6 * 3 * 3 * 2
-    loose, strict = con.execute(
-        "SELECT max(kept_samples) FILTER (WHERE min_clip_sim_image = 0.60 AND min_clip_sim_dir = 0.10 AND "
-        "min_clip_sim_caption = 0.18 AND min_dinov2_sim = 0.30), "
-        "min(kept_samples) FILTER (WHERE min_clip_sim_image = 0.85 AND min_clip_sim_dir = 0.30 AND "
-        "min_clip_sim_caption = 0.22 AND min_dinov2_sim = 0.50) FROM threshold_sweep"
-    ).fetchone()
-    assert loose >= strict and loose > 0
+    assert rows[0] == rows[1] == size * 2
+    lo = {axis: min(values) for axis, values in grid.items()}
+    hi = {axis: max(values) for axis, values in grid.items()}
+    where = "min_clip_sim_image = ? AND min_clip_sim_dir = ? AND min_clip_sim_caption = ? AND min_dinov2_sim = ?"
+    loose = con.execute(f"SELECT max(kept_samples) FROM threshold_sweep WHERE {where}", list(lo.values())).fetchone()
+    strict = con.execute(f"SELECT min(kept_samples) FROM threshold_sweep WHERE {where}", list(hi.values())).fetchone()
+    assert loose[0] >= strict[0]
 
 
 def test_a_failing_dbt_test_shows_as_failed_check(tmp_path):
@@ -154,14 +160,18 @@ def test_threshold_sweep_applies_the_active_profiles_selection_rule(tmp_path):
     free-form row keeps exactly one sample per kept triplet (it used to apply a fixed top 4 from dbt_project.yml)."""
     import dataclasses
 
-    from ultraedit_dagster.core.profiles import PROFILES, SelectionRule, get_profile
+    from ultraedit_dagster.core.profiles import PROFILES, SelectionRule, Thresholds, get_profile
 
     lake = Lake(str(tmp_path / "lake"))
     write_synthetic_scores_and_release(lake, "demo-00000", n_triplets=4, seed=3)
+    # thresholds at the synthetic scores' scale, so that the sweep's grid (around them) has passing candidates
+    floors = Thresholds(0.6, 0.1, 0.2, 0.2, 0.3, min_l1=0.01, max_l1=0.2)
     top1 = dataclasses.replace(
         get_profile("tiny"),
         name="top1",
         selection=SelectionRule(free_form_top_k=1, region_top_k=1, region_min_passing=1),
+        free_form_thresholds=floors,
+        region_thresholds=floors,
     )
     mp = pytest.MonkeyPatch()
     mp.setitem(PROFILES, "top1", top1)

@@ -1,4 +1,6 @@
 -- Distribution of every metric per mode over scored (status = 'ok') candidates, and over the kept release rows.
+-- Statistics use finite values only (a NaN or infinite score made stddev_samp raise and the whole model fail);
+-- such values are counted in `non_finite`, never dropped silently.
 with scored as (
     select mode, 'scored' as population, metric, value
     from {{ source('lake', 'metric_scores') }}
@@ -20,16 +22,17 @@ select
     population,
     mode,
     metric,
-    count(value) as n,
-    avg(value) as mean,
-    stddev_samp(value) as stddev,
-    min(value) as min,
-    quantile_cont(value, 0.10) as p10,
-    quantile_cont(value, 0.25) as p25,
-    quantile_cont(value, 0.50) as p50,
-    quantile_cont(value, 0.75) as p75,
-    quantile_cont(value, 0.90) as p90,
-    max(value) as max
+    count(value) filter (where isfinite(value)) as n,
+    count(value) filter (where not isfinite(value)) as non_finite,
+    avg(value) filter (where isfinite(value)) as mean,
+    stddev_samp(value) filter (where isfinite(value)) as stddev,
+    min(value) filter (where isfinite(value)) as min,
+    quantile_cont(value, 0.10) filter (where isfinite(value)) as p10,
+    quantile_cont(value, 0.25) filter (where isfinite(value)) as p25,
+    quantile_cont(value, 0.50) filter (where isfinite(value)) as p50,
+    quantile_cont(value, 0.75) filter (where isfinite(value)) as p75,
+    quantile_cont(value, 0.90) filter (where isfinite(value)) as p90,
+    max(value) filter (where isfinite(value)) as max
 from allv
 group by population, mode, metric
 order by population, mode, metric
