@@ -78,6 +78,8 @@ def build_shard(lake, shard: str, images: int, size: int = 512) -> None:
                         instruction_uid=iu,
                         soft_mask=encode_png(Image.fromarray(m, mode="L")),
                         soft_value=0.0,
+                        inner_mask=encode_png(Image.fromarray(m, mode="L")),  # no band: inner = outer = the box
+                        outer_mask=encode_png(Image.fromarray(m, mode="L")),
                         qc="ok",
                         status="ok",
                         error=None,
@@ -88,12 +90,23 @@ def build_shard(lake, shard: str, images: int, size: int = 512) -> None:
     lake.write_table("region_masks", shard, pa.Table.from_pylist(masks))
 
 
-def one(policy: str, images: int, ff: int, rg: int, working_size: int, round_size: int) -> dict:
-    """One configuration in this process: run the fused step's runner, write both shard files, measure."""
+def one(
+    policy: str,
+    images: int,
+    ff: int,
+    rg: int,
+    working_size: int,
+    round_size: int,
+    profile_name: str = "tiny",
+    device: str = "cpu",
+) -> dict:
+    """One configuration in this process: run the fused step's runner, write both shard files, measure.
+    `profile_name` / `device`: `tiny` on the CPU here; `bench/gpu.py` runs the `ultraedit` profile on CUDA with local
+    weights (working_size 0 = the profile's own)."""
     import pyarrow as pa
     import torch
 
-    from ultraedit_dagster.core.profiles import TINY
+    from ultraedit_dagster.core.profiles import get_profile
     from ultraedit_dagster.editing.resources import EditorResource
     from ultraedit_dagster.editing.rounds import RoundRunner
     from ultraedit_dagster.editing.rows import EDIT_CANDIDATES_SCHEMA, shard_bytes
@@ -101,19 +114,22 @@ def one(policy: str, images: int, ff: int, rg: int, working_size: int, round_siz
     from ultraedit_dagster.scoring.resources import ScorerResource
     from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA
 
-    torch.set_num_threads(1)
+    base = get_profile(profile_name)
+    if device == "cpu":
+        torch.set_num_threads(1)
     profile = dataclasses.replace(
-        TINY,
-        free_form=dataclasses.replace(TINY.free_form, candidates_per_triplet=ff),
-        region=dataclasses.replace(TINY.region, candidates_per_triplet=rg),
-        rounds=dataclasses.replace(TINY.rounds, policy=policy, round_size=round_size, extra_rounds=1),
-        selection=dataclasses.replace(TINY.selection, free_form_top_k=4),  # published
+        base,
+        free_form=dataclasses.replace(base.free_form, candidates_per_triplet=ff),
+        region=dataclasses.replace(base.region, candidates_per_triplet=rg),
+        rounds=dataclasses.replace(base.rounds, policy=policy, round_size=round_size, extra_rounds=1),
+        selection=dataclasses.replace(base.selection, free_form_top_k=4),  # published
     )
     tmp = tempfile.mkdtemp(prefix="bench-rounds-")
     lake, shard = Lake(f"{tmp}/lake"), "bench-00000"
     build_shard(lake, shard, images)
-    editor = EditorResource.from_profile(TINY, device="cpu", working_size=working_size, batch_size=8)
-    scorer = ScorerResource.from_profile(TINY, device="cpu")
+    sizing = {"working_size": working_size} if working_size else {}
+    editor = EditorResource.from_profile(base, device=device, batch_size=8, **sizing)
+    scorer = ScorerResource.from_profile(base, device=device)
     ids = {"clip_model_id": scorer.clip_model_id, "dinov2_model_id": scorer.dinov2_model_id, "scorer_input_sizes": "-"}
     editor.generator()
     scorer._load_clip(), scorer._load_dino()  # models load before the clock starts
@@ -140,6 +156,8 @@ def one(policy: str, images: int, ff: int, rg: int, working_size: int, round_siz
     model = st.generation_seconds + st.scoring_seconds
     return {
         "policy": policy,
+        "profile": profile_name,
+        "device": device,
         "images": images,
         "candidates": [ff, rg],
         "generated": st.generated,
@@ -168,6 +186,40 @@ def child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def side_by_side(
+    images: int = 32,
+    free_form: int = 30,
+    region: int = 100,
+    working_size: int = 64,
+    round_size: int = 10,
+    profile: str = "tiny",
+    device: str = "cpu",
+    rss: bool = True,
+) -> dict:
+    """`exhaustive` and `early` on the same shard, each in its own process; prints the table and returns it."""
+    common = ["--images", str(images), "--working-size", str(working_size), "--round-size", str(round_size)]
+    common += ["--profile", profile, "--device", device]
+    results = []
+    for policy in ("exhaustive", "early"):
+        results.append(child([*common, "--policy", policy, "--free-form", str(free_form), "--region", str(region)]))
+    keys = [k for k in results[0] if k not in ("policy",)]
+    print(f"{'figure':<30}" + "".join(f"{r['policy']:>16}" for r in results))
+    for k in keys:
+        vals = [r[k] for r in results]
+        print(f"{k:<30}" + "".join(f"{v:>16.4g}" if isinstance(v, float) else f"{v!s:>16}" for v in vals))
+    out = {"policies": results}
+    if rss:
+        small = child([*common, "--policy", "exhaustive", "--free-form", "10", "--region", "10"])
+        big = results[0]
+        out["peak_rss_mb_at_10"] = small["peak_rss_mb"]
+        out["peak_rss_ratio"] = big["peak_rss_mb"] / small["peak_rss_mb"]
+        print(
+            f"peak RSS exhaustive: {small['peak_rss_mb']:.0f} MB at 10 candidates/triplet, "
+            f"{big['peak_rss_mb']:.0f} MB at {free_form}/{region}: ratio {out['peak_rss_ratio']:.2f}"
+        )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=32)
@@ -178,28 +230,17 @@ def main() -> None:
     p.add_argument("--policy", default="exhaustive")
     p.add_argument("--child", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
     if a.child:
-        print(json.dumps(one(a.policy, a.images, a.free_form, a.region, a.working_size, a.round_size)))
+        figures = one(a.policy, a.images, a.free_form, a.region, a.working_size, a.round_size, a.profile, a.device)
+        print(json.dumps(figures))
         return
-    common = ["--images", str(a.images), "--working-size", str(a.working_size), "--round-size", str(a.round_size)]
-    results = []
-    for policy in ("exhaustive", "early"):
-        r = child([*common, "--policy", policy, "--free-form", str(a.free_form), "--region", str(a.region)])
-        results.append(r)
-    keys = [k for k in results[0] if k not in ("policy",)]
-    print(f"{'figure':<30}" + "".join(f"{r['policy']:>16}" for r in results))
-    for k in keys:
-        vals = [r[k] for r in results]
-        print(f"{k:<30}" + "".join(f"{v:>16.4g}" if isinstance(v, float) else f"{v!s:>16}" for v in vals))
-    if not a.skip_rss:
-        small = child([*common, "--policy", "exhaustive", "--free-form", "10", "--region", "10"])
-        big = results[0]
-        print(
-            f"peak RSS exhaustive: {small['peak_rss_mb']:.0f} MB at 10 candidates/triplet, "
-            f"{big['peak_rss_mb']:.0f} MB at {a.free_form}/{a.region}: "
-            f"ratio {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}"
-        )
+    out = side_by_side(
+        a.images, a.free_form, a.region, a.working_size, a.round_size, a.profile, a.device, rss=not a.skip_rss
+    )
+    (REPO / "bench" / "results" / f"rounds_cost-{a.profile}.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -101,8 +101,9 @@ def test_sd15_backend_with_cfg():
     src, tgt = gen.run_batch([_req("u", _image(), params)])
     assert torch.isfinite(tgt).all() and not torch.equal(src, tgt)
     selfs = [p for k, p in records if k == "self"]
+    # the conditional CFG group is injected (the unconditional one is not by default: test_p2p)
     assert selfs and all(
-        torch.equal(p.view(2, 2, 1, *p.shape[1:])[:, 1], p.view(2, 2, 1, *p.shape[1:])[:, 0]) for p in selfs
+        torch.equal(p.view(2, 2, 1, *p.shape[1:])[1, 1], p.view(2, 2, 1, *p.shape[1:])[1, 0]) for p in selfs
     )
 
 
@@ -347,3 +348,58 @@ def test_p2p_controller_masks_live_on_the_device_once_per_step():
     assert first.tolist() == [True, True]
     ctrl.begin_step(3)
     assert ctrl.self_active("up.attn1", 16).tolist() == [False, True]
+
+
+# -- released-code defaults (docs/method.md §12) ----------------------------------------------------------------------
+
+
+def test_masked_step_order_end_by_default_released_selectable():
+    from ultraedit_dagster.editing.generation import is_masked_step
+
+    # ours: counted back from the last step, so a 3-step run is masked, plain, masked
+    assert [is_masked_step(k, 3, "end") for k in range(3)] == [True, False, True]
+    # the released code's i % 2 == 1: plain, masked, plain
+    assert [is_masked_step(k, 3, "released") for k in range(3)] == [False, True, False]
+    # 4 steps: the two orders agree
+    assert [is_masked_step(k, 4, "end") for k in range(4)] == [is_masked_step(k, 4, "released") for k in range(4)]
+    with pytest.raises(ValueError, match="region_masked_steps"):
+        PairGenerator(load_editor("tiny"), region_masked_steps="odd")
+
+
+def test_region_3_step_run_ends_on_the_real_image_only_with_the_end_order(pipe):
+    size = 64
+    mask = np.zeros((size, size), np.float32)
+    mask[:, : size // 2] = 1.0
+    params = CandidateParams(seed=5, steps=3, strength=1.0, guidance=0.0, p=0.3)  # 3 steps run
+    req = _req("r3", _image(size), params, REGION, mask)
+    default = PairGenerator(pipe)
+    assert default.region_masked_steps == "end"
+    default.run_batch([req])
+    half = default.last_latents.shape[-1] // 2
+    assert torch.equal(default.last_latents[..., half:], default.last_real_latents[..., half:])
+    released = PairGenerator(pipe, region_masked_steps="released")
+    released.run_batch([req])
+    # the last step is plain: the outside is denoised once more and leaves the real latent
+    assert not torch.equal(released.last_latents[..., half:], released.last_real_latents[..., half:])
+
+
+def test_sdxl_added_conditioning_on_by_default_off_selectable(pipe):
+    calls = []
+    hook = pipe.unet.add_embedding.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        params = CandidateParams(seed=9, steps=3, strength=0.6, guidance=0.5, p=0.5)
+        req = _req("a", _image(), params)
+        on = PairGenerator(pipe)
+        assert on.sdxl_added_cond is True
+        src_on, tgt_on = on.run_batch([req])
+        assert len(calls) == 1  # one UNet call (int(3 * 0.6) = 1 step), the pooled text + time ids embedded
+        calls.clear()
+        off = PairGenerator(pipe, sdxl_added_cond=False)
+        src_off, tgt_off = off.run_batch([req])
+        assert calls == []  # the released pipeline's addition_embed_type = None: never embedded
+        assert not torch.equal(tgt_on, tgt_off)
+        assert pipe.unet.config.addition_embed_type == "text_time"  # restored after the batch
+        again, _ = on.run_batch([req])
+        assert torch.equal(again, src_on)
+    finally:
+        hook.remove()

@@ -46,6 +46,15 @@ def _mask() -> bytes:
     return encode_png(Image.fromarray(m, mode="L"))
 
 
+def _binary(rows: slice, cols: slice) -> bytes:
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[rows, cols] = 255
+    return encode_png(Image.fromarray(m, mode="L"))
+
+
+INNER, OUTER = _binary(slice(16, 48), slice(8, 40)), _binary(slice(12, 52), slice(4, 44))
+
+
 def _ins(uid, image_uid, mode, status="ok", error=None, shard=SHARD):
     return {
         "instruction_uid": uid,
@@ -83,6 +92,8 @@ def _write_upstream(lake: Lake, shard: str, with_masks: bool) -> None:
                 "instruction_uid": "i-rg-a",
                 "soft_mask": _mask(),
                 "soft_value": 0.3,
+                "inner_mask": INNER,
+                "outer_mask": OUTER,
                 "qc": "ok",
                 "status": "ok",
                 "error": None,
@@ -91,6 +102,8 @@ def _write_upstream(lake: Lake, shard: str, with_masks: bool) -> None:
                 "instruction_uid": "i-rg-b",
                 "soft_mask": None,
                 "soft_value": None,
+                "inner_mask": None,
+                "outer_mask": None,
                 "qc": "area 0.001 < 0.01",
                 "status": "failed",
                 "error": "mask qc: area 0.001 < 0.01",
@@ -195,7 +208,25 @@ def test_rows_per_candidate_and_failures_with_reasons(run):
         assert r["editor_id"] == "tiny-seed0" and r["profile"] == "tiny"
         assert r["steps"] * r["strength"] >= 1 and 0 <= r["p"] <= 1
     assert all(r["mask_image"] is None and r["soft_value"] is None for r in by["i-ff-a"])
-    assert all(r["mask_image"] is not None and r["soft_value"] == 0.3 for r in by["i-rg-a"])
+    assert all(r["mask_image"] is not None for r in by["i-rg-a"])
+    # the band is drawn per candidate (docs/method.md §12), from the candidate uid, not region_masks' 0.3
+    from ultraedit_dagster.regions.mask_math import choose_soft_value
+
+    values = TINY.region.soft_mask_probability, TINY.region.soft_mask_values
+    assert [r["soft_value"] for r in by["i-rg-a"]] == [
+        choose_soft_value(0, r["candidate_uid"], *values) for r in by["i-rg-a"]
+    ]
+    for r in by["i-rg-a"]:
+        stored = np.asarray(decode_png(r["mask_image"]))
+        band = round((r["soft_value"] or 0.0) * 255)
+        assert stored[30, 20] == 255 and stored[14, 6] == band and stored[0, 0] == 0
+    # every row of both tables records its recipe and version; candidates spell the generator choices out
+    assert {r["recipe"] for r in rows} == {"ultraedit"} and {r["recipe_version"] for r in rows} == {"ultraedit-v2"}
+    assert {(s["recipe"], s["recipe_version"]) for s in scores} == {("ultraedit", "ultraedit-v2")}
+    assert {r["recipe_options"] for r in rows} == {
+        "control_uncond=False;cross_fraction=p;refine=True;region_masked_steps=end;sdxl_added_cond=True;"
+        "self_max_tokens=256;soft_mask_draw=candidate"
+    }
     assert {r["steps"] for r in by["i-rg-a"]} <= {10, 14} and {r["steps"] for r in by["i-ff-a"]} <= {3, 5, 8}
     assert [r["candidate_uid"] for r in by["i-ff-a"]] == [candidate_uid("i-ff-a", k) for k in range(len(by["i-ff-a"]))]
     ok = sum(r["status"] == "ok" for r in rows)
@@ -292,6 +323,25 @@ def test_integrity_check_catches_a_broken_shard(run, tmp_path):
     v = result.metadata["violations"].value
     assert v["kept_without_images"] == 1 and v["region_ok_without_mask"] == 1 and v["bad_status"] == 1
     assert v["images_without_reason"] == 1 and v["duplicate_candidate_uid"] == 1
+
+
+def test_soft_mask_per_triplet_is_selectable(run, monkeypatch):
+    import dataclasses
+
+    from ultraedit_dagster.core import profiles
+
+    lake, inst, resources, _ = run
+    per_triplet = dataclasses.replace(
+        profiles.PROFILES["tiny"], region=dataclasses.replace(profiles.TINY.region, soft_mask_draw="triplet")
+    )
+    monkeypatch.setitem(profiles.PROFILES, "tiny", per_triplet)
+    assert dg.materialize([candidates_and_scores], partition_key=SHARD, instance=inst, resources=resources).success
+    rows = [r for r in lake.read_table("edit_candidates", SHARD).to_pylist() if r["instruction_uid"] == "i-rg-a"]
+    assert rows and all(r["soft_value"] == 0.3 and r["mask_image"] == _mask() for r in rows)
+    assert all(r["recipe_options"].endswith("soft_mask_draw=triplet") for r in rows)
+    # put the default shard back for the other tests
+    monkeypatch.undo()
+    assert dg.materialize([candidates_and_scores], partition_key=SHARD, instance=inst, resources=resources).success
 
 
 def test_source_mode_real_keeps_the_photo(run, monkeypatch):

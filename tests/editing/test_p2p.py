@@ -99,7 +99,8 @@ def test_refine_mapping_multi_token_word(tok):
 @pytest.mark.parametrize("n", [1, 3])
 def test_controller_reads_own_source_only(groups, n):
     torch.manual_seed(0)
-    ctrl = P2PController(n, groups, num_steps=4, self_fractions=[1.0] * n, config=P2PConfig(self_max_tokens=None))
+    config = P2PConfig(self_max_tokens=None, control_uncond=True)  # every group controlled: the pairing is visible
+    ctrl = P2PController(n, groups, num_steps=4, self_fractions=[1.0] * n, config=config)
     probs = torch.rand(groups * 2 * n, 2, 6, 6).softmax(-1)  # [B, H, N, N]
     out = ctrl.edit_self(probs, ctrl.self_active("x", 6)).view(groups, 2, n, 2, 6, 6)
     src = probs.view(groups, 2, n, 2, 6, 6)[:, 0]
@@ -107,6 +108,50 @@ def test_controller_reads_own_source_only(groups, n):
         for i in range(n):
             assert torch.equal(out[g, 1, i], src[g, i])  # target i of group g == source i of group g
             assert torch.equal(out[g, 0, i], src[g, i])  # sources untouched
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_self_injection_skips_the_unconditional_branch_by_default(n):
+    """docs/method.md §12: P2P (and the ip2p recipe) share self-attention in the conditional CFG half only; the
+    unconditional half is controlled only when `control_uncond` is selected. Without CFG the one group is controlled."""
+    assert P2PConfig().control_uncond is False
+    torch.manual_seed(0)
+    probs = torch.rand(2 * 2 * n, 2, 6, 6).softmax(-1)  # [B, H, N, N], CFG: [uncond; cond]
+    ref = probs.view(2, 2, n, 2, 6, 6)
+    ctrl = P2PController(n, 2, num_steps=4, self_fractions=[1.0] * n, config=P2PConfig(self_max_tokens=None))
+    out = ctrl.edit_self(probs, ctrl.self_active("x", 6)).view(2, 2, n, 2, 6, 6)
+    assert torch.equal(out[0], ref[0])  # unconditional group: untouched
+    assert torch.equal(out[1, 1], ref[1, 0])  # conditional group: target i reads source i
+    both = P2PController(n, 2, 4, [1.0] * n, config=P2PConfig(self_max_tokens=None, control_uncond=True))
+    out = both.edit_self(probs, both.self_active("x", 6)).view(2, 2, n, 2, 6, 6)
+    assert torch.equal(out[0, 1], ref[0, 0]) and torch.equal(out[1, 1], ref[1, 0])  # the alternative: both groups
+    single = P2PController(n, 1, 4, [1.0] * n, config=P2PConfig(self_max_tokens=None))
+    p1 = probs[: 2 * n]
+    out = single.edit_self(p1, single.self_active("x", 6)).view(1, 2, n, 2, 6, 6)
+    assert torch.equal(out[0, 1], p1.view(1, 2, n, 2, 6, 6)[0, 0])  # no CFG: the one group is controlled
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 4, 10])
+def test_cross_refine_runs_for_each_pairs_own_p_by_default(num_steps):
+    """docs/method.md §12: the released UltraEdit code builds its controller with the candidate's p for both the
+    self-attention injection and the cross-attention refine; `cross_fraction` fixes it instead (0.8 before)."""
+    from ultraedit_dagster.editing.alignment import RefineMapping
+    from ultraedit_dagster.editing.p2p import leading_steps
+
+    assert P2PConfig().cross_fraction is None
+    mapping = RefineMapping(np.arange(5), np.ones(5, dtype=np.float32))
+    ps = [0.1, 0.5, 0.9]
+    ctrl = P2PController(3, 1, num_steps, ps, refine=[mapping] * 3)
+    assert ctrl.cross_steps.tolist() == [leading_steps(p, num_steps) for p in ps] == ctrl.self_steps.tolist()
+    fixed = P2PController(3, 1, num_steps, ps, refine=[mapping] * 3, config=P2PConfig(cross_fraction=0.8))
+    assert fixed.cross_steps.tolist() == [leading_steps(0.8, num_steps)] * 3
+    assert fixed.self_steps.tolist() == ctrl.self_steps.tolist()
+    # p = 0.1 of 10 steps: refine on step 0 only, not on step 1 (0.8 would refine steps 0-7)
+    if num_steps == 10:
+        ctrl.begin_step(1)
+        assert ctrl.cross_active("x").tolist() == [False, True, True]
+        fixed.begin_step(1)
+        assert fixed.cross_active("x").tolist() == [True, True, True]
 
 
 def test_controller_cross_refine_unit():
@@ -117,7 +162,7 @@ def test_controller_cross_refine_unit():
         RefineMapping(np.array([0, 1, 3, 3, 4]), np.array([1, 1, 0, 1, 1], dtype=np.float32)),
         None,  # no refine for pair 1
     ]
-    ctrl = P2PController(n, 2, num_steps=2, self_fractions=[0, 0], refine=maps)
+    ctrl = P2PController(n, 2, num_steps=2, self_fractions=[0, 0], refine=maps, config=P2PConfig(cross_fraction=0.8))
     probs = torch.rand(2 * 2 * n, 1, 3, m).softmax(-1)  # [B, H, N, M]
     out = ctrl.edit_cross(probs, ctrl.cross_active("x")).view(2, 2, n, 1, 3, m)
     ref = probs.view(2, 2, n, 1, 3, m)
@@ -196,11 +241,15 @@ def test_p1_target_self_attention_equals_source_everywhere(pipe, image, n, cfg):
     assert {r[2] for r in self_records} == {0, 1, 2, 3}  # int(8 * 0.6) = 4 steps, every one injected
     assert len(self_records) == 4 * len(self_layers)
     assert {r[0] for r in self_records} == self_layers
+    uncond_diff = 0.0
     for name, _, step, probs in self_records:
         view = probs.view(groups, 2, n, *probs.shape[1:])
-        for g in range(groups):
-            for i in range(n):
-                assert torch.equal(view[g, 1, i], view[g, 0, i]), (name, step, g, i)
+        for i in range(n):
+            # the conditional group (the only group without CFG) is injected ...
+            assert torch.equal(view[groups - 1, 1, i], view[groups - 1, 0, i]), (name, step, i)
+            if cfg and step > 0:  # ... the unconditional one is not (docs/method.md §12)
+                uncond_diff = max(uncond_diff, float((view[0, 1, i] - view[0, 0, i]).abs().max()))
+    assert not cfg or uncond_diff > 1e-4
 
     # the same run with p = 0: the target's own maps differ from its source's (the check above can fail)
     records.clear()

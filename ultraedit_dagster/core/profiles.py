@@ -9,6 +9,7 @@ Selected by the `ULTRAEDIT_PROFILE` environment variable. Every output row recor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -50,6 +51,41 @@ class RegionGen:
     candidates_per_triplet: int = 100
     soft_mask_probability: float = 0.5
     soft_mask_values: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8)
+    # whether the band is used, and its value, drawn per candidate (the released code draws them per pipeline call)
+    # or once per triplet (region_masks' soft mask); docs/method.md §12
+    soft_mask_draw: str = "candidate"
+
+    def __post_init__(self) -> None:
+        if self.soft_mask_draw not in ("candidate", "triplet"):
+            raise ValueError(f"soft_mask_draw {self.soft_mask_draw!r}: 'candidate' or 'triplet'")
+
+
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """Generator choices where our defaults and the released code could differ (docs/method.md §12). Each is
+    recorded on every edit_candidates row (`recipe_options`).
+
+    - `cross_fraction`: None = cross-attention refine for the candidate's own p of the steps (released UltraEdit);
+      a number fixes it for every candidate (0.8 was our earlier default).
+    - `control_uncond`: also share self-attention in the unconditional CFG branch (P2P and the ip2p recipe: no).
+    - `sdxl_added_cond`: SDXL's pooled-text + time-id conditioning (ours: on, as SDXL-Turbo was trained; the
+      released pipeline turned it off).
+    - `region_masked_steps`: "end" (ours: the last step is masked, the outside ends on the real image) or "released"
+      (`i % 2 == 1`: a 3-step run is plain, masked, plain).
+    - `self_max_tokens`: self-attention injection on layers with at most this many query positions (None: all, as
+      InstructPix2Pix's code does); `refine`: cross-attention refine on aligned tokens (ip2p: off).
+    """
+
+    cross_fraction: float | None = None
+    control_uncond: bool = False
+    sdxl_added_cond: bool = True
+    region_masked_steps: str = "end"
+    self_max_tokens: int | None = 256
+    refine: bool = True
+
+    def __post_init__(self) -> None:
+        if self.region_masked_steps not in ("end", "released"):
+            raise ValueError(f"region_masked_steps {self.region_masked_steps!r}: 'end' or 'released'")
 
 
 @dataclass(frozen=True)
@@ -128,6 +164,9 @@ class Profile:
     captioner_model: str = "tiny"
     llm_model: str = "gpt-4o-mini"
     llm_base_url: str = ""  # empty: the OpenAI API; else any OpenAI-compatible server (vLLM, llama.cpp)
+    # the generation recipe (docs/method.md §12): "ultraedit" or "ip2p" (InstructPix2Pix's text-to-image baseline)
+    recipe: str = "ultraedit"
+    generator: GeneratorOptions = field(default_factory=GeneratorOptions)
     free_form: FreeFormGen = field(default_factory=FreeFormGen)
     region: RegionGen = field(default_factory=RegionGen)
     region_masking: RegionMasking = field(default_factory=RegionMasking)
@@ -205,7 +244,53 @@ ULTRAEDIT = Profile(
     tagger_clip_pretrained="openai",
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, ULTRAEDIT)}
+# InstructPix2Pix's recipe (docs/method.md §12), as its released generate_img_dataset.py runs it: SD 1.5 from pure
+# noise, 100 Euler-ancestral steps, CFG ~ U(7.5, 15), p ~ U(0.1, 0.9), 100 samples per caption pair, self-attention
+# shared on every layer (conditional branch only, see GeneratorOptions), no cross-attention refine; CLIP filters
+# image >= 0.70, directional >= 0.2, both captions >= 0.2, no DINOv2 or L1 filter; the top 4 by directional
+# similarity. No region mode: every triplet is a free-form text-to-image pair (region instructions are generated the
+# same way, their mask unused).
+IP2P_GEN = GeneratorOptions(self_max_tokens=None, refine=False, control_uncond=False)
+IP2P_FREE_FORM = FreeFormGen(
+    strength=1.0, steps_choices=(100,), guidance_range=(7.5, 15.0), p_range=(0.1, 0.9), candidates_per_triplet=100
+)
+IP2P_THRESHOLDS = Thresholds(
+    clip_sim_image=0.70,
+    clip_sim_dir=0.2,
+    clip_sim_source=0.2,
+    clip_sim_target=0.2,
+    dinov2_sim=-1.0,
+    note="InstructPix2Pix released code: no DINOv2 filter, no L1 band (docs/method.md §12)",
+    min_l1=0.0,
+    max_l1=1.0,
+)
+IP2P = dataclasses.replace(
+    ULTRAEDIT,
+    name="ip2p",
+    recipe="ip2p",
+    editor_model="runwayml/stable-diffusion-v1-5",
+    region_fraction=0.0,
+    generator=IP2P_GEN,
+    free_form=IP2P_FREE_FORM,
+    region=RegionGen(candidates_per_triplet=100),
+    selection=SelectionRule(free_form_top_k=4, region_top_k=4, region_min_passing=1),
+    rounds=Rounds(policy="exhaustive"),
+    free_form_thresholds=IP2P_THRESHOLDS,
+    region_thresholds=IP2P_THRESHOLDS,
+)
+# The tiny variant for tests and the demo: the tiny SD 1.5-shaped editor, 4 steps instead of 100, the tiny
+# profile's candidate economy and its calibrated thresholds (random-weight scorers, docs/method.md §11).
+TINY_IP2P = dataclasses.replace(
+    TINY,
+    name="tiny-ip2p",
+    recipe="ip2p",
+    editor_model="tiny-sd15",
+    region_fraction=0.0,
+    generator=IP2P_GEN,
+    free_form=dataclasses.replace(IP2P_FREE_FORM, steps_choices=(4,), candidates_per_triplet=6),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, ULTRAEDIT, IP2P, TINY_IP2P)}
 
 
 def get_profile(name: str | None = None) -> Profile:

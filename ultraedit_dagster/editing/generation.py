@@ -14,6 +14,18 @@ with M the soft mask area-downsampled to the latent grid. The alternation is cou
 last step is always a masked one and the final latent equals the real image's latent outside the mask (both for the
 source and the target: the pair differs only inside the mask).
 
+The region loop's order of plain and masked steps is configurable (`region_masked_steps`, docs/method.md §12):
+"end" (above, our default) or "released" (the released code's `i % 2 == 1`: plain, masked, plain for a 3-step run).
+
+InstructPix2Pix (recipe `ip2p`, docs/method.md §12): text-to-image. Both rows start from the *same* pure noise
+(`randn(seed) * init_noise_sigma`, no image latent, the request's pixels are never read), all `steps` run (100
+Euler-ancestral steps with the SD 1.5 checkpoint), CFG with the candidate's scale, P2P self-attention sharing for the
+first round(p*T) steps and no cross-attention refine.
+
+SDXL's added conditioning (pooled text embedding + time ids) is on by default (`sdxl_added_cond`): SDXL-Turbo was
+trained with it. The released UltraEdit pipeline switched it off (`addition_embed_type = None`); `sdxl_added_cond=False`
+does the same for the duration of a batch.
+
 Our own loop rather than the pipeline's `__call__`: we need the P2P step counter, per-pair noise and the masked blend.
 It uses the pipeline's components and `encode_prompt`, and mirrors diffusers' SDXL img2img arithmetic
 (`scheduler.set_timesteps` / `set_begin_index`, `add_noise`, `scale_model_input`, `step`, added time ids
@@ -50,6 +62,8 @@ from ultraedit_dagster.editing.p2p import P2PConfig, P2PController, Recorder, in
 # modules import while the Dagster definitions load; it is re-exported here.
 from ultraedit_dagster.editing.params import (  # noqa: F401
     FREE_FORM,
+    MASKED_STEP_ORDERS,
+    RECIPES,
     REGION,
     CandidateParams,
     PairRequest,
@@ -110,7 +124,17 @@ class PairGenerator:
         refine: bool = True,
         blank_std: float = 0.5,
         working_size: int = 0,
+        recipe: str = "ultraedit",
+        sdxl_added_cond: bool = True,
+        region_masked_steps: str = "end",
     ) -> None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)}")
+        if region_masked_steps not in MASKED_STEP_ORDERS:
+            raise ValueError(f"region_masked_steps {region_masked_steps!r}: one of {', '.join(MASKED_STEP_ORDERS)}")
+        self.recipe = recipe  # "ultraedit": img2img from the real image; "ip2p": text-to-image from pure noise
+        self.sdxl_added_cond = sdxl_added_cond  # False: SDXL's pooled-text + time-id conditioning off (released)
+        self.region_masked_steps = region_masked_steps
         self.pipe = pipe
         self.working_size = int(working_size)  # 0: generate at the input size; else resize in, generate, resize out
         self.batch_size = max(1, int(batch_size))
@@ -265,14 +289,21 @@ class PairGenerator:
         prompts = ([] if targets_only else [r.source_caption for r in batch]) + [r.target_caption for r in batch]
         embeds, pooled = self._encode(prompts, cfg)  # [G*rows*n, 77, D], [G*rows*n, P] or None
 
-        # image latents (one encoding per distinct image)
-        x0 = self._encode_images(batch)  # [n, 4, h, w] float32
-        h, w = x0.shape[-2:]
         height, width = batch[0].image.size[1], batch[0].image.size[0]
+        text_to_image = self.recipe == "ip2p"
+        if text_to_image:
+            # InstructPix2Pix (docs/method.md §12): no image anchor, the pixels are never read; only their size is used
+            f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+            x0 = None
+            h, w = height // f, width // f
+        else:
+            x0 = self._encode_images(batch)  # [n, 4, h, w] float32: image latents, one encoding per distinct image
+            h, w = x0.shape[-2:]
+        channels = pipe.unet.config.in_channels
 
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         scheduler.set_timesteps(steps, device=device)
-        init_steps = min(int(steps * strength), steps)
+        init_steps = steps if text_to_image else min(int(steps * strength), steps)
         t_start = max(steps - init_steps, 0)
         timesteps = scheduler.timesteps[t_start * scheduler.order :]
         if hasattr(scheduler, "set_begin_index"):
@@ -281,16 +312,19 @@ class PairGenerator:
 
         noise = torch.cat(
             [
-                torch.randn((1, *x0.shape[1:]), generator=torch.Generator("cpu").manual_seed(r.params.seed))
+                torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(r.params.seed))
                 for r in batch
             ]
         ).to(device)  # [n, 4, h, w]: per pair, from its own seed
-        start = scheduler.add_noise(x0, noise, timesteps[:1].repeat(n))  # [n, 4, h, w]: the shared noised latent
+        if text_to_image:
+            start = noise * scheduler.init_noise_sigma  # pure noise at the first level, as diffusers' prepare_latents
+        else:
+            start = scheduler.add_noise(x0, noise, timesteps[:1].repeat(n))  # [n, 4, h, w]: the shared noised latent
         latents = start.repeat(rows, 1, 1, 1)  # [rows*n, 4, h, w]: source i and target i start identical
         step_gens = [torch.Generator("cpu").manual_seed(r.params.seed + 1) for _ in range(rows) for r in batch]
 
         masks = None
-        if batch[0].mode == "region":
+        if batch[0].mode == "region" and not text_to_image:
             m = []
             for r in batch:
                 if r.mask is None:
@@ -298,7 +332,7 @@ class PairGenerator:
                 mt = torch.from_numpy(np.array(r.mask, dtype=np.float32))[None, None]  # [1, 1, H, W] (a writable copy)
                 m.append(F.interpolate(mt, size=(h, w), mode="area"))  # [1, 1, h, w]
             masks = torch.cat(m).to(device).repeat(rows, 1, 1, 1)  # [rows*n, 1, h, w]
-        real = x0.repeat(rows, 1, 1, 1)  # [rows*n, 4, h, w]
+        real = x0.repeat(rows, 1, 1, 1) if x0 is not None else None  # [rows*n, 4, h, w]
         real_noise = noise.repeat(rows, 1, 1, 1)
 
         guidance = torch.tensor([r.params.guidance for r in batch], dtype=torch.float32, device=device)
@@ -314,6 +348,12 @@ class PairGenerator:
                 n, groups, num_run, [r.params.p for r in batch], refine, self.p2p, recorder=self.recorder, device=device
             )
         self.slot.controller = ctrl
+        # SDXL's pooled-text / time-id conditioning off, the way the released code turned it off (docs/method.md §12)
+        added_off = self.backend == "sdxl" and not self.sdxl_added_cond
+        embed_type = pipe.unet.config.addition_embed_type
+        if added_off:
+            pipe.unet.config.addition_embed_type = None  # FrozenDict allows the attribute; restored below
+            added = None
         try:
             for k, t in enumerate(timesteps):
                 if ctrl is not None:
@@ -327,7 +367,7 @@ class PairGenerator:
                     uncond, cond = pred.chunk(2)
                     pred = uncond + guidance * (cond - uncond)  # per-pair guidance
                 latents = scheduler.step(pred, t, latents, generator=step_gens, return_dict=False)[0]
-                if masks is not None and (num_run - 1 - k) % 2 == 0:
+                if masks is not None and is_masked_step(k, num_run, self.region_masked_steps):
                     # masked step: outside the mask, the real latent at the level the latents are now at
                     # (Euler-family add_noise reads the scheduler's step index; after the last step sigma = 0)
                     level = timesteps[min(k + 1, num_run - 1)].repeat(rows * n)
@@ -335,6 +375,8 @@ class PairGenerator:
                     latents = (1.0 - masks) * noised_real + masks * latents
         finally:
             self.slot.controller = None
+            if added_off:
+                pipe.unet.config.addition_embed_type = embed_type
 
         self.last_latents = latents  # [rows*n, 4, h, w]: the final latents of the last batch (inspection, tests)
         self.last_real_latents = real
@@ -400,6 +442,17 @@ class PairGenerator:
         z = latents / vae.config.scaling_factor + shift
         img = vae.decode(z.to(vae.dtype), return_dict=False)[0].float()  # [B, 3, H, W] in ~[-1, 1]
         return ((img + 1.0) / 2.0).clamp(0, 1)  # NaN stays NaN (clamp keeps it) and is reported per row
+
+
+def is_masked_step(k: int, num_run: int, order: str) -> bool:
+    """Whether step k (0-based) of `num_run` is a masked step of the region loop (docs/method.md §4, §12).
+
+    "end": counted back from the last step (masked, plain, masked, ...), so the last step is always masked and the
+    outside ends exactly on the real image; "released": the released code's `i % 2 == 1` (plain, masked, plain for
+    3 steps, so a 3-step run ends on a plain step)."""
+    if order == "released":
+        return k % 2 == 1
+    return (num_run - 1 - k) % 2 == 0
 
 
 def _bad_image(img: torch.Tensor, which: str, blank_std: float) -> str | None:

@@ -14,10 +14,14 @@ never gets the source's maps and batched pairs contaminate each other).
 Control (P2P "refine", as UltraEdit uses it):
 - self-attention injection: during the first round(p_i * T) of the T denoising steps run, target i's self-attention
   probabilities are replaced by source i's, on the self-attention layers the config selects (default: query length
-  <= 256, i.e. the 16x16 and smaller resolutions of a 512-px SDXL/SD1.5 UNet, as in P2P). Applied in both CFG groups
-  (`control_uncond`), so the guided prediction is structure-tied, not only its conditional half. The target keeps its
-  own values V: only *where* it attends is taken from the source.
-- cross-attention refine: during the first round(cross_fraction * T) steps, on every cross-attention layer,
+  <= 256, i.e. the 16x16 and smaller resolutions of a 512-px SDXL/SD1.5 UNet, as in P2P). Only in the conditional
+  CFG group by default (`control_uncond=False`, both recipes, docs/method.md §12): P2P's controller edits the
+  conditional half only, and the InstructPix2Pix recipe is specified that way; `control_uncond=True` also ties the
+  unconditional half. Without CFG there is one group and it is controlled. The target keeps its own values V: only
+  *where* it attends is taken from the source.
+- cross-attention refine: during the first round(f * T) steps, f = the pair's own p (`cross_fraction=None`, the
+  released UltraEdit code builds its controller with p for both) or a fixed `cross_fraction`, on every cross-attention
+  layer,
   target i's probability for text position j becomes
       alpha_i[j] * P_src_i[:, mapper_i[j]] + (1 - alpha_i[j]) * P_tgt_i[:, j]
   with (mapper, alpha) from `alignment.refine_mapping` (alpha = 1 for tokens both captions share). Only the
@@ -31,7 +35,8 @@ exactly like diffusers' AttnProcessor2_0. So a controller that controls nothing 
 pair's arithmetic does not depend on its batch mates (up to the ~1e-6 rounding differences that GEMM/conv kernels
 themselves show between batch sizes; tests/test_p2p.py measures both).
 
-Step counting: control on steps k < round(f * T) (half up), f = p for self-injection and cross_fraction for refine.
+Step counting: control on steps k < round(f * T) (half up), f = p for self-injection and p (or cross_fraction) for
+refine.
 P2P floors instead (int(f * T)); with SDXL-Turbo's 1-4 steps flooring would leave every single-step candidate
 (N = 3 at strength 0.6) without any control (int(0.8 * 1) = 0), so we round: "the first fraction f of the steps" is
 the nearest whole number of steps. p = 0 never injects, p = 1 always does.
@@ -58,8 +63,10 @@ class P2PConfig:
 
     self_max_tokens: int | None = 256  # self-attention layers with query length <= this; None: all layers
     layer_filter: tuple[str, ...] = ()  # if set, only processors whose name contains one of these substrings
-    cross_fraction: float = 0.8  # refine cross-attention for the first fraction of steps (P2P's default); 0: off
-    control_uncond: bool = True  # also inject self-attention in the unconditional CFG group
+    # refine cross-attention for the first fraction of steps: None = each pair's own p (the released UltraEdit code);
+    # a number fixes it for every pair (0.8 is P2P's notebook default; 0: off)
+    cross_fraction: float | None = None
+    control_uncond: bool = False  # also inject self-attention in the unconditional CFG group (P2P: no)
 
 
 def leading_steps(fraction: float, num_steps: int) -> int:
@@ -97,11 +104,13 @@ class P2PController:
         self.step = 0
         # number of leading controlled steps: round(f * T), half up (see the module docstring)
         self.self_steps = torch.tensor([leading_steps(p, num_steps) for p in self_fractions])
-        cross_steps = leading_steps(config.cross_fraction, num_steps)
         refine = list(refine) if refine is not None else [None] * num_pairs
         if len(refine) != num_pairs:
             raise ValueError(f"{len(refine)} refine mappings for {num_pairs} pairs")
-        self.cross_steps = torch.tensor([cross_steps if r is not None else 0 for r in refine])
+        cross = [config.cross_fraction if config.cross_fraction is not None else p for p in self_fractions]
+        self.cross_steps = torch.tensor(
+            [leading_steps(f, num_steps) if r is not None else 0 for f, r in zip(cross, refine, strict=True)]
+        )
         length = next((len(r.mapper) for r in refine if r is not None), 77)
         self.mapper = torch.stack(
             [torch.as_tensor(r.mapper if r is not None else range(length), dtype=torch.long) for r in refine]

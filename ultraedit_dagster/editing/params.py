@@ -16,6 +16,26 @@ from ultraedit_dagster.core.ids import rng_for, seed_for
 FREE_FORM = "free_form"
 REGION = "region"
 
+# Recipes (docs/method.md §12): "ultraedit" (img2img from the real image, region loop) and "ip2p" (InstructPix2Pix's
+# text-to-image pairs, the baseline). A recipe's version changes whenever its defaults change, so rows made under other
+# defaults stay distinguishable in the data; `recipe_options` on every edit_candidates row spells the choices out.
+RECIPES = ("ultraedit", "ip2p")
+RECIPE_VERSIONS = {"ultraedit": "2", "ip2p": "1"}
+MASKED_STEP_ORDERS = ("end", "released")
+SOFT_MASK_DRAWS = ("candidate", "triplet")
+
+
+def recipe_version(recipe: str) -> str:
+    """`<recipe>-v<n>`, the version recorded on every edit_candidates / metric_scores row."""
+    if recipe not in RECIPE_VERSIONS:
+        raise ValueError(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)}")
+    return f"{recipe}-v{RECIPE_VERSIONS[recipe]}"
+
+
+def recipe_options_text(options: dict) -> str:
+    """The generator choices of a row as one stable `key=value;...` string (sorted keys)."""
+    return ";".join(f"{k}={options[k]}" for k in sorted(options))
+
 
 # -- per-candidate parameters ----------------------------------------------------------------------------------------
 

@@ -33,8 +33,13 @@ class EditorResource(dg.ConfigurableResource):
     working_size: int = 0
     seed: int = 0  # weights of the tiny models
     self_max_tokens: int | None = 256
-    cross_fraction: float = 0.8
+    cross_fraction: float | None = None  # None: each candidate's own p (released UltraEdit); docs/method.md §12
     refine: bool = True
+    # recipe and generator choices (core.profiles.GeneratorOptions, docs/method.md §12)
+    recipe: str = "ultraedit"
+    control_uncond: bool = False
+    sdxl_added_cond: bool = True
+    region_masked_steps: str = "end"
     blank_std: float = 0.5
     # torch CPU threads for this process when running on CPU (0: leave torch's default). The tiny profile uses 1:
     # its models are too small to gain from threads, and on a small shared machine (dagster runs one process per
@@ -46,8 +51,18 @@ class EditorResource(dg.ConfigurableResource):
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "EditorResource":
         tiny = profile.editor_model in TINY_EDITORS
+        g = profile.generator
         kwargs: dict[str, Any] = dict(
-            model=profile.editor_model, working_size=TINY_WORKING_SIZE if tiny else 0, cpu_threads=1 if tiny else 0
+            model=profile.editor_model,
+            working_size=TINY_WORKING_SIZE if tiny else 0,
+            cpu_threads=1 if tiny else 0,
+            recipe=profile.recipe,
+            self_max_tokens=g.self_max_tokens,
+            cross_fraction=g.cross_fraction,
+            refine=g.refine,
+            control_uncond=g.control_uncond,
+            sdxl_added_cond=g.sdxl_added_cond,
+            region_masked_steps=g.region_masked_steps,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -68,12 +83,30 @@ class EditorResource(dg.ConfigurableResource):
             self._generator = PairGenerator(
                 pipe,
                 batch_size=self.batch_size,
-                p2p=P2PConfig(self_max_tokens=self.self_max_tokens, cross_fraction=self.cross_fraction),
+                p2p=P2PConfig(
+                    self_max_tokens=self.self_max_tokens,
+                    cross_fraction=self.cross_fraction,
+                    control_uncond=self.control_uncond,
+                ),
                 refine=self.refine,
                 blank_std=self.blank_std,
                 working_size=self.working_size,
+                recipe=self.recipe,
+                sdxl_added_cond=self.sdxl_added_cond,
+                region_masked_steps=self.region_masked_steps,
             )
         return self._generator
+
+    def recipe_options(self) -> dict[str, Any]:
+        """The generator choices this editor runs with, as recorded on every edit_candidates row."""
+        return {
+            "cross_fraction": "p" if self.cross_fraction is None else self.cross_fraction,
+            "control_uncond": self.control_uncond,
+            "sdxl_added_cond": self.sdxl_added_cond,
+            "region_masked_steps": self.region_masked_steps,
+            "self_max_tokens": "all" if self.self_max_tokens is None else self.self_max_tokens,
+            "refine": self.refine,
+        }
 
     @property
     def editor_id(self) -> str:

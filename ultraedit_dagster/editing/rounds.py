@@ -40,13 +40,36 @@ from PIL import Image
 from ultraedit_dagster.core.ids import rng_for
 from ultraedit_dagster.core.imaging import decode_png, encode_png
 from ultraedit_dagster.core.rows import source_images_of
-from ultraedit_dagster.editing.params import FREE_FORM, REGION, PairRequest, draw_params, load_mask
+from ultraedit_dagster.editing.params import (
+    FREE_FORM,
+    REGION,
+    PairRequest,
+    draw_params,
+    load_mask,
+    recipe_options_text,
+    recipe_version,
+)
 from ultraedit_dagster.editing.rows import base_row, fail, load_work
+from ultraedit_dagster.regions import mask_math
 from ultraedit_dagster.release import selection as release_selection
 from ultraedit_dagster.scoring.rows import first_failed_threshold, score_rows, thresholds_for
 
 IMAGE_BATCH = 8  # source images read per lake batch
 SELECTED, PASSED_NOT_SELECTED, PASSED_DROPPED = "selected", "passed_not_selected", "passed_triplet_dropped"
+
+
+def recipe_fields(profile: Any, editor: Any) -> dict[str, Any]:
+    """recipe, recipe_version and recipe_options for every row of a shard (docs/method.md §12): the editor's recipe
+    and generator choices (what actually ran), plus the profile's soft-mask draw."""
+    recipe = getattr(editor, "recipe", None) or profile.recipe
+    options = dict(editor.recipe_options()) if hasattr(editor, "recipe_options") else {}
+    if recipe != "ip2p":
+        options["soft_mask_draw"] = profile.region.soft_mask_draw
+    return {
+        "recipe": recipe,
+        "recipe_version": recipe_version(recipe),
+        "recipe_options": recipe_options_text(options),
+    }
 
 
 def needed_passing(region: bool, selection: Any) -> int:
@@ -145,6 +168,11 @@ class _Triplet:
     mask: np.ndarray | None = None
     mask_png: bytes | None = None
     soft_value: float | None = None
+    # per-candidate soft masks (RegionGen.soft_mask_draw = "candidate"): the binary inner / outer masks, and the
+    # (array, PNG) built so far per band value
+    inner: np.ndarray | None = None
+    outer: np.ndarray | None = None
+    soft_cache: dict = field(default_factory=dict)
     generated: int = 0
     rounds_done: int = 0
     passing: int = 0
@@ -188,10 +216,13 @@ class RoundRunner:
         self._gen = None
         self._images: dict[str, tuple[Image.Image, bytes]] = {}
         self._image_users: dict[str, int] = defaultdict(int)
+        self.recipe = recipe_fields(profile, editor)
 
     # -- rows without generation ----------------------------------------------------------------------------------
 
     def _finish_failed(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        for row in rows:
+            row.update(self.recipe)
         scores = score_rows(rows, self.scorer, self.profile, self.score_ids, images=[None] * len(rows))
         for cand, score in zip(rows, scores, strict=True):
             self._set_outcome(cand, score, outcome_of(score))
@@ -248,14 +279,21 @@ class RoundRunner:
         if source.error:
             return [fail(base_row(i, shard, profile.name, editor_id), source.error) for i in ins_list], []
         bad, out = [], []
+        ip2p = self.recipe["recipe"] == "ip2p"
         for ins in ins_list:
             region = ins["mode"] == REGION
-            t = _Triplet(ins, region, profile.region if region else profile.free_form, source.uid)
-            if region:
+            # InstructPix2Pix has no region mode: its region rows are text-to-image pairs like the free-form ones
+            settings = profile.region if region and not ip2p else profile.free_form
+            t = _Triplet(ins, region, settings, source.uid)
+            if region and not ip2p:
                 m = masks[ins["instruction_uid"]]
                 t.mask_png, t.soft_value = m["soft_mask"], m["soft_value"]
                 try:
                     t.mask = load_mask(decode_png(t.mask_png), source.image.size[0])
+                    if profile.region.soft_mask_draw == "candidate":
+                        size = source.image.size[0]
+                        t.inner = load_mask(decode_png(m["inner_mask"]), size) >= 0.5
+                        t.outer = load_mask(decode_png(m["outer_mask"]), size) >= 0.5
                 except Exception as exc:  # noqa: BLE001 - recorded in the row
                     bad.append(
                         fail(
@@ -279,28 +317,31 @@ class RoundRunner:
             stop = min(t.generated + self.rounds.round_size, t.total)
             for k in range(t.generated, stop):
                 row = base_row(t.ins, self.shard, self.profile.name, editor_id, k)
-                params = draw_params(self.global_seed, row["candidate_uid"], t.ins["mode"], t.settings)
+                mode = REGION if t.region and t.mask is not None else FREE_FORM
+                params = draw_params(self.global_seed, row["candidate_uid"], mode, t.settings)
+                soft_value, mask, mask_png = self._candidate_mask(t, row["candidate_uid"])
                 row.update(
                     seed=params.seed,
                     p=params.p,
                     steps=params.steps,
                     strength=params.strength,
                     guidance=params.guidance,
-                    soft_value=t.soft_value,
-                    mask_image=t.mask_png,
+                    soft_value=soft_value,
+                    mask_image=mask_png,
                     round=t.rounds_done,
+                    **self.recipe,
                 )
                 if source_real and not t.region:
                     row["source_is_real"] = True
                 image = self._images[t.image_uid][0]
                 req = PairRequest(
                     uid=row["candidate_uid"],
-                    mode=REGION if t.region else FREE_FORM,
+                    mode=mode,
                     image=image,
                     source_caption=t.ins["source_caption"],
                     target_caption=t.ins["target_caption"],
                     params=params,
-                    mask=t.mask,
+                    mask=mask,
                     image_key=t.image_uid,
                 )
                 work.append((t, row, req))
@@ -314,6 +355,24 @@ class RoundRunner:
             t.rounds_done += 1
             if t.enough_at is None and t.passing >= needed_passing(t.region, self.selection):
                 t.enough_at = t.rounds_done
+
+    def _candidate_mask(self, t: _Triplet, uid: str) -> tuple[float | None, np.ndarray | None, bytes | None]:
+        """(band value, soft mask array, its PNG) of one candidate. Per candidate (the released code draws whether
+        to use the band and its value for every pipeline call) the draw comes from the candidate uid; per triplet it
+        is region_masks' soft mask (docs/method.md §12)."""
+        if t.mask is None:
+            return None, None, None
+        if t.inner is None:
+            return t.soft_value, t.mask, t.mask_png
+        region = self.profile.region
+        value = mask_math.choose_soft_value(
+            self.global_seed, uid, region.soft_mask_probability, region.soft_mask_values
+        )
+        if value not in t.soft_cache:
+            soft = mask_math.soft_mask(t.inner, t.outer, value)
+            t.soft_cache[value] = (soft, encode_png(Image.fromarray(mask_math.to_uint8(soft), mode="L")))
+        soft, png = t.soft_cache[value]
+        return value, soft, png
 
     def _generate_and_score(self, work: list[tuple[_Triplet, dict, PairRequest]]) -> None:
         self.stats.max_active_pairs = max(self.stats.max_active_pairs, len(work))

@@ -52,6 +52,10 @@ EDIT_CANDIDATES_SCHEMA = pa.schema(
         ("round", pa.int64()),
         ("outcome", pa.string()),
         ("image_kept", pa.string()),  # selected / selectable / audit; null: the images were not kept
+        # the generation recipe, its version and the generator choices it ran with (docs/method.md §12)
+        ("recipe", pa.string()),
+        ("recipe_version", pa.string()),
+        ("recipe_options", pa.string()),
     ]
 )
 
@@ -97,7 +101,7 @@ def load_work(lake: Any, shard: str, profile: Any, editor_id: str) -> tuple[list
     masks: dict[str, dict] = {}
     has_masks = lake.exists("region_masks", shard)
     if has_masks:
-        mcols = ["instruction_uid", "soft_mask", "soft_value", "qc", "status", "error"]
+        mcols = ["instruction_uid", "soft_mask", "soft_value", "inner_mask", "outer_mask", "qc", "status", "error"]
         for batch in lake.iter_batches("region_masks", shard, batch_size=256, columns=mcols):
             for m in batch.to_pylist():
                 masks[m["instruction_uid"]] = m

@@ -36,6 +36,8 @@ METRIC_SCORES_SCHEMA = pa.schema(
         ("outcome", pa.string()),
         ("round", pa.int64()),
         ("unet_row_steps", pa.int64()),
+        ("recipe", pa.string()),  # the edit_candidates row's recipe and version (docs/method.md §12)
+        ("recipe_version", pa.string()),
     ]
 )
 CANDIDATE_COLUMNS = [
@@ -103,6 +105,8 @@ def score_rows(
             "status": "ok",
             "error": None,
             "profile": profile.name,
+            "recipe": row.get("recipe"),
+            "recipe_version": row.get("recipe_version"),
         }
         out.append(base)
         if row.get("status") != "ok":
