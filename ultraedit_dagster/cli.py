@@ -16,7 +16,7 @@ import uuid
 from importlib import resources as importlib_resources
 
 from ultraedit_dagster.core import settings
-from ultraedit_dagster.ops.instance import ensure_instance, pool_limits
+from ultraedit_dagster.ops.instance import ensure_instance, local_run_tags, pool_limits
 
 DEMO_MANIFEST = "demo"
 DEMO_SHARD_SIZE = 8
@@ -93,6 +93,7 @@ def run_shard(instance, job, shard: str, asset_selection=None, out=None) -> bool
             run_config=QUIET,
             raise_on_error=False,
             run_id=run_id,
+            tags=local_run_tags(),
         )
     state = "success" if result.success else "FAILED"
     print(f"shard {shard}: {state} in {time.monotonic() - started:.0f} s", flush=True, file=out or sys.stdout)
@@ -105,7 +106,7 @@ def _run_release(instance) -> bool:
     started = time.monotonic()
     print("release: warehouse views, dbt models and tests, release card ...", flush=True)
     result = defs.resolve_job_def("release").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
+        instance=instance, raise_on_error=False, run_config=QUIET, tags=local_run_tags()
     )
     for event in result.all_events:
         if event.is_step_failure:
@@ -122,7 +123,7 @@ def materialize_shards(instance, shard_keys: list[str]) -> dict[str, bool]:
     print("materializing the seed pool ...", flush=True)
     outcome["seed_pool"] = (
         defs.resolve_job_def("seed_pool")
-        .execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
+        .execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=local_run_tags())
         .success
     )
     job = defs.resolve_job_def("shard_pipeline")
@@ -388,7 +389,7 @@ def ensure_seed_pool(instance) -> bool:
     from ultraedit_dagster.definitions import defs
 
     result = defs.resolve_job_def("seed_pool").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
+        instance=instance, raise_on_error=False, run_config=QUIET, tags=local_run_tags()
     )
     if not result.success:
         raise RuntimeError("materializing the seed pool failed; see `make ui` (Runs) for the log")

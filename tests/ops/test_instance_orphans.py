@@ -15,7 +15,7 @@ JOB = textwrap.dedent(
     """
     import os, sys, time
     import dagster as dg
-    from ultraedit_dagster.ops.instance import ensure_instance
+    from ultraedit_dagster.ops.instance import ensure_instance, local_run_tags
 
     @dg.asset(pool="gpu")
     def holds_gpu():
@@ -24,14 +24,18 @@ JOB = textwrap.dedent(
         return 1
 
     instance = ensure_instance()
-    result = dg.materialize([holds_gpu], instance=instance, raise_on_error=False)
+    # TAGGED: run as `ultraedit materialize` does, with the host / boot / pid tags the reaper reads
+    tags = local_run_tags() if os.environ.get("TAGGED") else None
+    result = dg.materialize([holds_gpu], instance=instance, raise_on_error=False, tags=tags)
     print("RESULT", result.success, flush=True)
     """
 )
 
 
-def _start(tmp_path, marker, hold: float) -> subprocess.Popen:
+def _start(tmp_path, marker, hold: float, tagged: bool = False) -> subprocess.Popen:
     env = {**os.environ, "MARKER": str(marker), "HOLD_SECONDS": str(hold), "CUDA_VISIBLE_DEVICES": "0"}
+    if tagged:
+        env["TAGGED"] = "1"
     script = tmp_path / "job.py"
     script.write_text(JOB)
     return subprocess.Popen(
@@ -133,3 +137,111 @@ def test_zombie_and_missing_processes_are_dead():
     assert _process_state(proc.pid)[0] is False
     alive, started = _process_state(os.getpid())
     assert alive and started is not None and started <= time.time()
+
+
+# -- a shared (Postgres) instance: only the runs this machine executed are judged by their pids ----------------------
+
+
+def _pg_bin():
+    import glob
+    from pathlib import Path
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture
+def postgres_url(tmp_path):
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's package; run as `postgres` when we are root)."""
+    import shutil
+    import tempfile
+
+    from tests.conftest import free_port, require_system_package
+
+    require_system_package(str(_pg_bin() or "/usr/lib/postgresql/<version>/bin/postgres"), "postgresql")
+    folder, port, as_root = tempfile.mkdtemp(prefix="ultraedit-pg-"), free_port(), os.geteuid() == 0
+    data = os.path.join(folder, "data")
+
+    def pg(*cmd: str) -> None:
+        full = [str(_pg_bin() / cmd[0]), *cmd[1:]]
+        subprocess.run(["runuser", "-u", "postgres", "--", *full] if as_root else full, check=True, timeout=120)
+
+    if as_root:
+        shutil.chown(folder, "postgres", "postgres")
+    pg("initdb", "-D", data, "-U", "dagster", "--auth=trust", "-E", "UTF8", "--no-sync")
+    opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg("pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(folder, "log"), "-w", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster")
+        yield f"postgresql+psycopg2://dagster@127.0.0.1:{port}/dagster"
+    finally:
+        pg("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_on_postgres_a_killed_cli_run_is_reaped_and_a_rerun_starts(tmp_path, monkeypatch, postgres_url):
+    """Issue 15 item 1 on a production-style instance: before, `ensure_instance` reaped only SQLite instances, so a
+    `kill -9` of a run holding the `gpu` slot on Postgres blocked every later run. Runs another machine executed
+    (their pids mean nothing here) and untagged runs are left to Dagster's run monitoring."""
+    import dagster as dg
+    from dagster._core.events import EngineEventData
+
+    from ultraedit_dagster.ops import instance as inst_mod
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        f'storage:\n  postgres:\n    postgres_url: "{postgres_url}"\ntelemetry:\n  enabled: false\n'
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # gpu pool limit 1
+
+    victim = _start(tmp_path, tmp_path / "holding", hold=600, tagged=True)
+    try:
+        _wait_for(tmp_path / "holding", victim, 180)
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+
+    with dg.DagsterInstance.from_config(str(home)) as shared:
+        assert not inst_mod.is_local_instance(shared)
+        [run] = shared.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED and inst_mod.launched_here(run)
+        assert run.tags[inst_mod.PID_TAG] == str(victim.pid)
+        assert shared.event_log_storage.get_concurrency_info("gpu").claimed_slots  # still held by the dead run
+        # two runs the reaper must not judge: one executed on another machine, one with no tags at all
+        job = dg.GraphDefinition(name="elsewhere").to_job()
+        foreign = shared.create_run_for_job(job, tags={inst_mod.HOST_TAG: "another-machine", "ultraedit/pid": "1"})
+        untagged = shared.create_run_for_job(job)
+        for other in (foreign, untagged):
+            start = dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=other.job_name)
+            shared.report_dagster_event(start, run_id=other.run_id)
+            shared.report_engine_event(
+                f"Executing steps in process (pid: {_dead_pid()})",
+                other,
+                engine_event_data=EngineEventData.in_process(_dead_pid()),
+            )
+
+    instance = inst_mod.ensure_instance()  # what every CLI command does first
+    try:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert info.slot_count == 1 and not info.claimed_slots and not info.pending_steps
+        for other in (foreign, untagged):
+            assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.STARTED
+    finally:
+        instance.dispose()
+
+    rerun = _start(tmp_path, tmp_path / "rerun", hold=0, tagged=True)
+    try:
+        out, _ = rerun.communicate(timeout=240)  # before the fix this waited for the slot forever
+    finally:
+        rerun.kill()
+    assert "RESULT True" in out, out

@@ -446,6 +446,9 @@ def test_deploy_instance_config_validates(monkeypatch, filename, launcher):
     assert config["run_launcher"]["class"] == launcher
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["run_retries"]["enabled"] is True
+    # issue 15 item 1: the daemon marks dead run workers failed and frees the pool slots of runs that ended
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] is True and 0 < monitoring["free_slots_after_run_end_seconds"] <= 300
     ref = InstanceRef.from_dir(deploy, config_filename=filename)
     assert (
         ref.run_storage_data.class_name,
@@ -481,6 +484,8 @@ def test_deploy_files_and_gpu_tags():
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert values["dagsterDaemon"]["runRetries"]["enabled"] is True
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["enabled"] is True and monitoring["freeSlotsAfterRunEndSeconds"] > 0
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     assert "requirements.lock" in dockerfile and "--require-hashes" in dockerfile
     assert "HF_HOME=/models" in dockerfile and "from_pretrained" not in dockerfile

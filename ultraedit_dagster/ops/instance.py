@@ -114,6 +114,35 @@ def run_pids(instance, run_id: str) -> list[int]:
     return pids
 
 
+# Tags on every run the CLI executes in its own process (`local_run_tags`): which machine (and which boot of it) and
+# which process ran it, so the reaper can judge a run's processes on a shared instance (Postgres) too.
+HOST_TAG = "ultraedit/host"
+BOOT_TAG = "ultraedit/boot_id"
+PID_TAG = "ultraedit/pid"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def local_run_tags() -> dict[str, str]:
+    """The tags that mark a run as executed by this process on this machine (see `reap_orphaned_runs`)."""
+    import socket
+
+    return {HOST_TAG: socket.gethostname(), BOOT_TAG: _boot_id(), PID_TAG: str(os.getpid())}
+
+
+def launched_here(run) -> bool:
+    """True when the run's tags say it was executed on this machine (same host name)."""
+    import socket
+
+    return run.tags.get(HOST_TAG) == socket.gethostname()
+
+
 def is_local_instance(instance) -> bool:
     """True where every run of the instance ran on this machine (SQLite storage under DAGSTER_HOME), so a recorded
     pid names a process here. A shared instance (Postgres, several machines) relies on Dagster's run monitoring."""
@@ -125,25 +154,36 @@ def is_local_instance(instance) -> bool:
 
 
 def reap_orphaned_runs(instance, *, only_local: bool = True) -> list[str]:
-    """Mark failed every STARTING / STARTED run of this instance whose recorded processes are all dead, and free
-    the concurrency-pool slots it held or waited for; returns their run ids.
+    """Mark failed every STARTING / STARTED run whose recorded processes are all dead, and free the concurrency-pool
+    slots it held or waited for; returns their run ids.
 
     A `kill -9` of `ultraedit materialize` (or of a run worker) leaves its run STARTED with its `gpu` /
     `duckdb_writer` slot claimed, and every later run of that step would wait forever. A pid that is alive but was
     started after the run (the pid was reused) counts as dead. Runs with no recorded pid yet are left alone (they
-    claim no slot before their steps start). Only a local instance is reaped unless `only_local=False`.
+    claim no slot before their steps start).
+
+    Which runs are judged: on a local (SQLite) instance every run, since they all ran here; on a shared instance
+    (Postgres) only the runs tagged as executed on this machine (`local_run_tags`, which the CLI puts on its runs):
+    a pid recorded by another machine means nothing here. A tagged run from an earlier boot of this machine is dead.
+    Runs that the daemon launched on other machines are Dagster's run monitoring's (deploy/dagster.yaml), which also
+    frees the slots of runs that ended. `only_local=False` judges every run by its pids, wherever it ran.
     """
     import dagster as dg
 
-    if only_local and not is_local_instance(instance):
-        return []
+    local = is_local_instance(instance)
     reaped = []
     statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=statuses)):
         run = record.dagster_run
-        pids = run_pids(instance, run.run_id)
-        if not pids:
+        if only_local and not local and not launched_here(run):
             continue
+        if run.tags.get(BOOT_TAG) and _boot_id() and run.tags[BOOT_TAG] != _boot_id():
+            pids = []  # the machine rebooted since: none of the run's processes survived
+        else:
+            tagged = run.tags.get(PID_TAG, "")
+            pids = run_pids(instance, run.run_id) + ([int(tagged)] if tagged.isascii() and tagged.isdigit() else [])
+            if not pids:
+                continue
         run_started = record.start_time or (record.create_timestamp.timestamp() if record.create_timestamp else None)
         alive = False
         for pid in pids:
