@@ -67,3 +67,156 @@ def test_a_warehouse_file_that_does_not_open_is_explained_not_called_locked(tmp_
     for error in (writer_error, reader_error):
         message = str(error.value)
         assert "locked" not in message and "delete it and run `ultraedit release`" in message
+
+
+# -- an analyst holding the warehouse open (issue 15 item 15) -----------------------------------------------------
+
+HOLDER = (
+    "import duckdb, sys, time; con = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
+    "time.sleep(float(sys.argv[2]))"
+)
+
+
+def _hold(path, seconds: float) -> subprocess.Popen:
+    """Another process with the warehouse open read-only, as an analyst's shell or notebook has it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def _warehouse(tmp_path) -> tuple[Lake, Path]:
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_table("captions", "a-00000", _table(2, "a-00000"))
+    db = tmp_path / "warehouse.duckdb"
+    with connect_writer(str(db)) as con:
+        refresh_views(con, lake)
+    return lake, db
+
+
+def test_a_locked_warehouse_names_the_process_holding_it_and_is_retryable(tmp_path):
+    import time
+
+    import pytest
+
+    from ultraedit_dagster.core.retries import is_retryable
+    from ultraedit_dagster.lake.warehouse import WarehouseLocked
+
+    _, db = _warehouse(tmp_path)
+    holder = _hold(db, 60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WarehouseLocked) as error:
+            with connect_writer(str(db), lock_wait_s=1.0):
+                pass
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(error.value)
+    assert error.value.pid == holder.pid
+    assert f"process {holder.pid} (" in message and "is locked" in message and "read-only sessions too" in message
+    assert HOLDER[:20] in message, "the holder's command line says which session it is"
+    assert 1.0 <= waited < 5, "a bounded wait, not 51 s"
+    assert is_retryable(error.value), "the step's retry policy retries it: the analyst may close the file"
+    with connect_writer(str(db), lock_wait_s=1.0) as con:  # closed: the next attempt goes through
+        assert con.execute("SELECT count(*) FROM captions").fetchone() == (2,)
+
+
+def _materialize_views(lake, db, instance):
+    import dagster as dg
+
+    from ultraedit_dagster.lake.assets import build_warehouse_views
+    from ultraedit_dagster.lake.resources import LakeResource, WarehouseResource
+
+    return dg.materialize(
+        [build_warehouse_views(["captions"])],
+        instance=instance,
+        resources={"lake": LakeResource(root=lake.root), "warehouse": WarehouseResource(path=str(db), lock_wait_s=0.5)},
+        raise_on_error=False,
+    )
+
+
+def _retry_messages(result) -> list[str]:
+    """Per retry of the step, the messages along its error's cause chain (what the UI shows for the attempt)."""
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_UP_FOR_RETRY":
+            error, text = event.event_specific_data.error, []
+            while error is not None:
+                text.append(error.message)
+                error = error.cause
+            messages.append("\n".join(text))
+    return messages
+
+
+def test_warehouse_views_is_retried_while_an_analyst_holds_the_file_and_succeeds_once_closed(
+    tmp_path, instance, monkeypatch
+):
+    import contextlib
+
+    from ultraedit_dagster.lake import assets
+    from ultraedit_dagster.lake.warehouse import WarehouseLocked
+
+    lake, db = _warehouse(tmp_path)
+    lake.write_table("captions", "a-00001", _table(3, "a-00001"))
+    holder = _hold(db, 120)
+    attempts = []
+
+    @contextlib.contextmanager
+    def analyst_closes_after_the_first_failure(path, lock_wait_s):
+        attempts.append(path)
+        try:
+            with connect_writer(path, lock_wait_s) as con:
+                yield con
+        except WarehouseLocked:
+            holder.kill()  # the analyst reads the message and closes the shell
+            holder.wait()
+            raise
+
+    monkeypatch.setattr(assets, "connect_writer", analyst_closes_after_the_first_failure)
+    try:
+        result = _materialize_views(lake, db, instance)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.success and len(attempts) == 2
+    (retry,) = _retry_messages(result)
+    assert f"process {holder.pid}" in retry and "is locked" in retry, retry
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM captions").fetchone() == (5,)
+    con.close()
+
+
+def test_dbt_on_a_locked_warehouse_fails_with_the_same_message(tmp_path, monkeypatch):
+    """dbt's DuckDB connection goes through the profile's plugin (lake/dbt_duckdb_plugin.py): the same bounded wait
+    and the same message naming the holder, instead of DuckDB's bare error; extension auto-install off."""
+    import os
+
+    from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, dbt_executable
+
+    lake, db = _warehouse(tmp_path)
+    holder = _hold(db, 120)
+    env = {
+        **os.environ,
+        "ULTRAEDIT_LAKE": lake.root,
+        "ULTRAEDIT_WAREHOUSE": str(db),
+        "ULTRAEDIT_WAREHOUSE_LOCK_WAIT_S": "1",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    try:
+        proc = subprocess.run(
+            [dbt_executable(), "run", "--select", "shard_quality", "--project-dir", str(DBT_PROJECT_DIR)]
+            + ["--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(tmp_path / "target")]
+            + ["--log-path", str(tmp_path / "logs")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"is locked: process {holder.pid} (" in out, out[-3000:]

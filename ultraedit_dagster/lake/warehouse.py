@@ -38,8 +38,8 @@ LAKE_TABLE = "ultraedit_lake"
 SINGLE_FILE_ASSETS = {"seed_triplets": "seed_triplets/data.parquet"}
 # One warehouse view per lake asset.
 LAKE_VIEWS = (*SINGLE_FILE_ASSETS, *SHARD_ASSETS)
-# How long a refresh waits for the write lock before failing (the step's retry policy then tries again later).
-LOCK_WAIT_S = 8.0
+# How long a refresh (or dbt) waits for the write lock before failing; the step's retry policy then tries again later.
+LOCK_WAIT_S = float(os.environ.get("ULTRAEDIT_WAREHOUSE_LOCK_WAIT_S") or 8.0)
 # No extension is ever downloaded at run time (httpfs comes from the duckdb-extension-httpfs package).
 CONNECTION_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
