@@ -442,6 +442,8 @@ def classify_edit_type(instruction: str, source: str | None = None, target: str 
             return "Change Global"
         if strong_style or _has_phrase(text, WEAK_STYLE):
             return "Transform Global"
+        if first in PLACE_VERBS and tokset & PLACES:
+            return "Change Global"  # "place the scene in a busy street at night": the place is the edit
         if _turn(toks, text):
             return "Turn"
         if _has_phrase(text, GLOBAL_WORDS) or tokset & PLACES:

@@ -246,6 +246,16 @@ MATERIAL_WORDS = {adj for _, adj in MATERIALS} | {
     "woolen",
     "steel",
     "iron",
+    "cardboard",
+    "rubber",
+    "wicker",
+    "bamboo",
+    "clay",
+    "velvet",
+    "denim",
+    "cotton",
+    "silk",
+    "wool",
 }
 SIZE_WORDS = {
     "small",
@@ -520,6 +530,7 @@ class NounPhrase:
     mods: tuple[str, ...] = ()  # words between the adjectives and the noun that are no adjective we know ("park" bench)
     quantity: bool = False  # the phrase follows "a slice of" / "a piece of" ...: size and material do not apply
     followed_by_of: bool = False  # "a cup of coffee", "a ball of yarn"
+    closed_left: bool = False  # a participle right before the noun without a determiner ("parked cars"): no insertion
 
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
@@ -638,6 +649,10 @@ def find_noun_phrases(caption: str) -> list[NounPhrase]:
         while j >= 0 and toks[j][0].lower() not in DETERMINERS and toks[j][2] + 1 == toks[j + 1][1]:
             w = toks[j][0].lower()
             has_mod = any(k == "mod" for _, k in items)
+            if items and items[-1][1] == "mod" and items[-1][0].endswith(("ing", "ed")) and w not in ADJECTIVES:
+                break  # only a determiner or an adjective comes before "sleeping" in "a sleeping cat"
+            if w in OBJECTS and (w in seen or has_mod):
+                break  # another noun of the caption ("a woman feeding ducks")
             if w in ADJECTIVES or (w in OBJECTS and w not in seen and not has_mod):
                 items.append((w, "adj"))
             elif (
@@ -651,6 +666,7 @@ def find_noun_phrases(caption: str) -> list[NounPhrase]:
             j -= 1
         det = toks[j][0] if j >= 0 and toks[j][0].lower() in DETERMINERS and toks[j][2] + 1 == toks[j + 1][1] else None
         mods_ = [w for w, k in items if k == "mod"]
+        closed_left = False
         if mods_:
             verbish = any(w.endswith(("ing", "ed")) for w in mods_)
             stop_ok = det is not None or (not verbish and (j < 0 or toks[j][0].lower() in CLAUSE_WORDS))
@@ -664,6 +680,8 @@ def find_noun_phrases(caption: str) -> list[NounPhrase]:
                     seen.add(head)
                     i += span
                     continue
+                # "a row of parked cars": a new adjective cannot go between the participle and the noun
+                closed_left = first_mod == 0 and items[0][0].endswith("ed")
                 items = items[:first_mod]
                 det = None
                 j = i - 1 - len(items)
@@ -685,7 +703,18 @@ def find_noun_phrases(caption: str) -> list[NounPhrase]:
         followed_by_of = masked[end:].lower().startswith(" of ")
         out.append(
             NounPhrase(
-                start, end, det, tuple(adjs), noun, head, OBJECTS[head], plural, tuple(mods), quantity, followed_by_of
+                start,
+                end,
+                det,
+                tuple(adjs),
+                noun,
+                head,
+                OBJECTS[head],
+                plural,
+                tuple(mods),
+                quantity,
+                followed_by_of,
+                closed_left,
             )
         )
         seen.add(head)
@@ -773,6 +802,7 @@ def _recolor(caption: str, nps: list[NounPhrase]) -> list[Edit]:
             or _is_container_phrase(np_)
             or np_.head in NO_RECOLOR
             or _fixed_compound(np_)
+            or np_.closed_left
         ):
             continue
         if np_.category == "animal" and np_.mods:
@@ -797,6 +827,8 @@ def _material(caption: str, nps: list[NounPhrase]) -> list[Edit]:
     out = []
     for np_ in nps:
         if np_.category not in MATERIAL_CAPABLE or np_.quantity or _is_container_phrase(np_) or _fixed_compound(np_):
+            continue
+        if np_.closed_left:
             continue
         allowed = MATERIALS_BY_CATEGORY.get(np_.category, set())
         for noun_m, adj_m in MATERIALS:
@@ -850,6 +882,8 @@ def _change_local(caption: str, nps: list[NounPhrase]) -> list[Edit]:
                 )
     for np_ in nps:
         if np_.category not in SIZE_CAPABLE or np_.head in NOT_RESIZABLE or np_.quantity or _is_container_phrase(np_):
+            continue
+        if np_.closed_left:
             continue
         sizes = {
             "small": ("make the {n} bigger", "big"),
