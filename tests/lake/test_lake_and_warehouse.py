@@ -208,3 +208,33 @@ def test_moved_lake_is_never_read_at_its_old_location(tmp_path, monkeypatch, cap
     con = connect_reader(str(old_home / "warehouse.duckdb"))
     assert con.execute("SELECT count(*) FROM captions").fetchone()[0] == 3
     con.close()
+
+
+def test_every_lake_asset_has_a_view_seed_triplets_included(lake, tmp_path):
+    """One view per lake asset (issue 18): the per-shard ones and the single-file seed pool, read where the
+    seed_triplets asset writes it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from ultraedit_dagster.lake.store import SHARD_ASSETS
+    from ultraedit_dagster.lake.warehouse import LAKE_VIEWS, SINGLE_FILE_ASSETS
+    from ultraedit_dagster.text.assets import SEED_RELPATH
+    from ultraedit_dagster.text.seeds import load_seeds, seeds_to_table
+
+    assert SINGLE_FILE_ASSETS == {"seed_triplets": SEED_RELPATH}
+    assert set(LAKE_VIEWS) == {"seed_triplets", *SHARD_ASSETS}
+    buf = io.BytesIO()
+    pq.write_table(seeds_to_table(load_seeds()), buf)
+    lake.write_bytes(SEED_RELPATH, buf.getvalue())
+    for asset in SHARD_ASSETS:
+        lake.write_table(asset, "s-00000", _table(2, asset))
+    db = str(tmp_path / "wh.duckdb")
+    with connect_writer(db) as con:
+        counts = refresh_views(con, lake)
+    assert counts == {"seed_triplets": len(load_seeds()), **{a: 2 for a in SHARD_ASSETS}}
+    ro = duckdb.connect(db, read_only=True)
+    views = {r[0] for r in ro.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert views == set(LAKE_VIEWS)
+    assert ro.execute("SELECT count(DISTINCT edit_type) > 1 FROM seed_triplets").fetchone() == (True,)
+    ro.close()
