@@ -250,3 +250,25 @@ def test_the_asset_counts_retryable_rows(lake, instance, tmp_path):
     assert mat.metadata["failed"].value == 1 and mat.metadata["retryable"].value == 0
     got = {r["caption_gt"]: r for r in lake.read_table("source_images", shard).to_pylist()}
     assert got["ok"]["status"] == "ok" and "NUL byte" in got["nul"]["error"]
+
+
+def test_shards_with_retryable_rows_on_an_s3_lake(moto_server, monkeypatch):
+    """`backfill --failed` and the nightly rebuild look for rows marked retryable on an S3 lake too (DuckDB reads it
+    with httpfs from its package; nothing is downloaded), and in the text stage's rows."""
+    from ultraedit_dagster.lake.store import Lake
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    client = moto_server.client()
+    client.create_bucket(Bucket="lake")
+    s3_lake = Lake("s3://lake/prefix", s3_client=client)
+    assert shards_with_retryable_rows(s3_lake) == []
+    for shard, error in (("s-00000", None), ("s-00001", RETRYABLE_MARK + "cannot fetch s3://b/k")):
+        row = _process(_row("/nonexistent.png", uid=shard))
+        row.update(shard=shard, status="failed" if error else "ok", error=error)
+        s3_lake.write_table("source_images", shard, pa.Table.from_pylist([row], schema=SOURCE_IMAGES_SCHEMA))
+    texts = {"s-00000": "request failed: retryable: HTTP 500: internal error", "s-00001": "parse failed: none"}
+    for shard, error in texts.items():
+        table = pa.table({"shard": [shard], "status": ["failed"], "error": [error]})
+        s3_lake.write_table("edit_instructions", shard, table)
+    assert shards_with_retryable_rows(s3_lake) == ["s-00001"]
+    assert shards_with_retryable_rows(s3_lake, "edit_instructions") == ["s-00000"]

@@ -61,15 +61,17 @@ def is_retryable_error(error: str | None) -> bool:
 
 def shards_with_retryable_rows(lake, asset: str = "source_images") -> list[str]:
     """The shards of `asset` holding failure rows marked retryable (for `backfill --failed` and the nightly rebuild:
-    their partitions materialized successfully, but some rows wait for an outage to end)."""
-    import duckdb
+    their partitions materialized successfully, but some rows wait for an outage to end). Any stage's rows: the
+    image fetches of `source_images`, the LLM requests of `captions` and `edit_instructions` (`captioner: retryable:
+    ...`, `request failed: retryable: ...`), and the upstream errors later stages carry. Reads only the shard,
+    status and error columns; an S3 lake is read with httpfs from its package (lake.warehouse.lake_connection)."""
+    from ultraedit_dagster.lake.warehouse import lake_connection
 
     shards = lake.list_shards(asset)
     if not shards:
         return []
-    con = duckdb.connect()
+    con = lake_connection(lake)
     try:
-        con.execute("SET autoinstall_known_extensions = false")
         rows = con.execute(
             "SELECT DISTINCT shard FROM read_parquet(?, union_by_name = true) "
             "WHERE status = 'failed' AND (starts_with(error, ?) OR contains(error, ?)) ORDER BY shard",
