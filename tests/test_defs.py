@@ -34,7 +34,7 @@ DBT_MODELS = {
     "cost_per_kept_sample",
     "release_reconciliation",
 }
-UNPARTITIONED_ASSETS = {"seed_triplets", "release_card", "warehouse_views", *DBT_MODELS}
+UNPARTITIONED_ASSETS = {"seed_triplets", "release_card", "warehouse_views", "threshold_plots", *DBT_MODELS}
 
 # (asset, check name); the dbt ones are the tests in dbt_quality/models/schema.yml, named by dagster-dbt.
 ASSET_CHECKS = {
@@ -94,7 +94,7 @@ ASSET_CHECKS = {
 JOBS = {
     "seed_pool": {"seed_triplets"},
     "shard_pipeline": SHARD_ASSETS,
-    "release": {"warehouse_views", "release_card", *DBT_MODELS},
+    "release": {"warehouse_views", "release_card", "threshold_plots", *DBT_MODELS},
 }
 SENSORS = {"manifest_inbox_sensor", "ultraedit_automation_sensor"}
 SCHEDULES = {"nightly_incremental_rebuild"}

@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 # shard each); Dagster warns about that on every load.
 warnings.filterwarnings("ignore", message=".*materializes assets with varying BackfillPolicies.*")
 
+from ultraedit_dagster.analysis import assets as analysis_assets  # noqa: E402
 from ultraedit_dagster.core import settings  # noqa: E402
 from ultraedit_dagster.core.partitions import shards  # noqa: E402
 from ultraedit_dagster.core.profiles import get_profile  # noqa: E402
@@ -85,8 +86,11 @@ seed_pool_job = dg.define_asset_job(
 )
 release_job = dg.define_asset_job(
     "release",
-    selection=dg.AssetSelection.assets(warehouse_views, *dbt_assets.assets, *release_card_assets),
-    description="The unpartitioned assets that summarise all shards: warehouse views, dbt models, release card.",
+    selection=dg.AssetSelection.assets(
+        warehouse_views, *dbt_assets.assets, *analysis_assets.assets, *release_card_assets
+    ),
+    description="The unpartitioned assets that summarise all shards: warehouse views, dbt models, threshold plots, "
+    "release card.",
 )
 
 resources = {
@@ -119,7 +123,14 @@ rebuild_schedule = build_rebuild_schedule(shard_pipeline_job, [key for a in shar
 # launched by the daemon took ~10x as long as `ultraedit materialize`. In one process the imports and the model loads
 # are paid once per run. Parallelism comes from running several runs at once (max_concurrent_runs, the `gpu` pool).
 defs = dg.Definitions(
-    assets=[*seed_assets, *shard_assets, warehouse_views, *dbt_assets.assets, *release_card_assets],
+    assets=[
+        *seed_assets,
+        *shard_assets,
+        warehouse_views,
+        *dbt_assets.assets,
+        *analysis_assets.assets,
+        *release_card_assets,
+    ],
     asset_checks=[c for stage in STAGE_CHECKS for c in stage.asset_checks],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],
     sensors=[inbox_sensor, automation_sensor],

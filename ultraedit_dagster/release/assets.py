@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from ultraedit_dagster.analysis.plots import card_markdown_for_ui
 from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
@@ -238,6 +239,8 @@ def release_card(
                 "duplicate uid values across the admitted shards; nothing was published"
             )
         card = (Path(tmp) / "README.md").read_text()
+        # the card's figures/*.png links do not resolve in the UI: show the figures themselves (bounded)
+        card_for_ui = card_markdown_for_ui(card, tmp)
         where = publish_folder(Path(tmp), the_lake, config.release_dir)
     return dg.MaterializeResult(
         metadata={
@@ -253,7 +256,7 @@ def release_card(
             "release_uri": where,
             "release_gate": f"{where}/release_gate.parquet",
             "gallery": f"{where}/gallery/index.html",
-            "card": dg.MetadataValue.md(card.split("---", 2)[-1][:20000]),
+            "card": dg.MetadataValue.md(card_for_ui),
         }
     )
 
