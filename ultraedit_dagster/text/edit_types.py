@@ -434,11 +434,7 @@ def classify_edit_type(instruction: str, source: str | None = None, target: str 
         "recreate",
         "rerender",
     }:
-        if (
-            tokset & LIGHT_WORDS - {"light", "lights", "shadow", "shadows"}
-            or re.search(r"\blight(s)?\b", text)
-            and not strong_style
-        ):
+        if (tokset & LIGHT_WORDS - {"shadow", "shadows"}) and not strong_style:
             return "Change Global"
         if strong_style or _has_phrase(text, WEAK_STYLE):
             return "Transform Global"
