@@ -279,7 +279,13 @@ IP2P = dataclasses.replace(
     region_thresholds=IP2P_THRESHOLDS,
 )
 # The tiny variant for tests and the demo: the tiny SD 1.5-shaped editor, 4 steps instead of 100, the tiny
-# profile's candidate economy and its calibrated thresholds (random-weight scorers, docs/method.md §11).
+# profile's candidate economy and its calibrated thresholds (random-weight scorers, docs/method.md §11) without the
+# DINOv2 filter InstructPix2Pix does not have; region rows (if any) are selected like free-form ones.
+_TINY_IP2P_THRESHOLDS = dataclasses.replace(
+    TINY.free_form_thresholds,
+    dinov2_sim=-1.0,
+    note="tiny-ip2p: the tiny calibrated CLIP minimums, no DINOv2 filter (docs/method.md §11-12)",
+)
 TINY_IP2P = dataclasses.replace(
     TINY,
     name="tiny-ip2p",
@@ -288,6 +294,9 @@ TINY_IP2P = dataclasses.replace(
     region_fraction=0.0,
     generator=IP2P_GEN,
     free_form=dataclasses.replace(IP2P_FREE_FORM, steps_choices=(4,), candidates_per_triplet=6),
+    selection=SelectionRule(free_form_top_k=2, region_top_k=2, region_min_passing=1),
+    free_form_thresholds=_TINY_IP2P_THRESHOLDS,
+    region_thresholds=_TINY_IP2P_THRESHOLDS,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, ULTRAEDIT, IP2P, TINY_IP2P)}

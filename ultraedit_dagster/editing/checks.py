@@ -32,7 +32,9 @@ INTEGRITY_SQL = {
     ),
     "failed_with_images": "SELECT count(*) FROM t WHERE status = 'failed' AND image_kept IS NOT NULL",
     "missing_outcome": "SELECT count(*) FROM t WHERE outcome IS NULL",
-    "region_ok_without_mask": "SELECT count(*) FROM t WHERE status = 'ok' AND mode = 'region' AND mask_image IS NULL",
+    # ip2p (docs/method.md §12) has no region loop: its region rows are text-to-image pairs without a mask
+    "region_ok_without_mask": "SELECT count(*) FROM t WHERE status = 'ok' AND mode = 'region' AND mask_image IS NULL"
+    " AND recipe IS DISTINCT FROM 'ip2p'",
     "free_form_with_mask": "SELECT count(*) FROM t WHERE mode = 'free_form' AND mask_image IS NOT NULL",
     "no_denoising_step": "SELECT count(*) FROM t WHERE status = 'ok' AND floor(steps * strength + 1e-9) < 1",
     "p_out_of_range": "SELECT count(*) FROM t WHERE status = 'ok' AND (p < 0 OR p > 1)",
@@ -40,6 +42,7 @@ INTEGRITY_SQL = {
     "wrong_shard": "SELECT count(*) FROM t WHERE shard IS DISTINCT FROM ?",
 }
 SCALARS = ["candidate_uid", "shard", "mode", "status", "error", "steps", "strength", "p", "outcome", "image_kept"]
+SCALARS += ["recipe"]  # null in shards written before recipes were recorded
 IMAGES = ["source_image", "target_image", "mask_image"]
 
 
@@ -48,7 +51,9 @@ def _connection(lake: LakeResource, shard: str) -> duckdb.DuckDBPyConnection:
     a shard of tens of thousands of image pairs is never held in memory."""
     parts = []
     for batch in lake.lake.iter_batches(ASSET, shard, batch_size=256, columns=SCALARS + IMAGES):
-        arrays = [batch.column(c) for c in SCALARS] + [pc.binary_length(batch.column(c)) for c in IMAGES]
+        names = batch.schema.names
+        arrays = [batch.column(c) if c in names else pa.nulls(batch.num_rows, pa.string()) for c in SCALARS]
+        arrays += [pc.binary_length(batch.column(c)) for c in IMAGES]
         parts.append(pa.RecordBatch.from_arrays(arrays, names=SCALARS + IMAGES))
     if parts:
         table = pa.Table.from_batches(parts)
