@@ -131,10 +131,39 @@ def bench_scorer(res: BenchResult, profile, n: int) -> None:
     res.details["scorer_runs_pairs_per_s"] = rates
 
 
+def bench_rounds(res: BenchResult, profile, images: int) -> None:
+    """The candidate-economy table of bench/rounds_cost.py (exhaustive vs early at the published 30 / 100 candidates
+    per triplet: candidates, model and wall seconds, lake bytes per kept sample, selection quality, peak RSS,
+    orchestration overhead) with the `ultraedit` profile's real models on the GPU, at its own working size."""
+    from .rounds_cost import side_by_side
+
+    out = side_by_side(images=images, working_size=0, profile=profile.name, device="cuda", rss=True)
+    goals = {"lake_to_release_ratio": ("<= 2.5", 2.5), "overhead_wall_over_model": ("<= 1.2", 1.2)}
+    for r in out["policies"]:
+        for key, unit in (
+            ("candidates_per_kept", ""),
+            ("model_s_per_kept", "s"),
+            ("wall_s_per_kept", "s"),
+            ("lake_bytes_per_kept", "B"),
+            ("lake_to_release_ratio", "x"),
+            ("mean_selected_clip_sim_dir", ""),
+            ("overhead_wall_over_model", "x"),
+        ):
+            target, limit = goals.get(key, ("", None))
+            value = r[key]
+            met = None if limit is None or value is None or r["policy"] != "exhaustive" else value <= limit
+            res.add(f"{r['policy']}: {key}", value, unit, target if r["policy"] == "exhaustive" else "", met)
+    ratio = out.get("peak_rss_ratio")
+    met = None if ratio is None else ratio <= 1.2
+    res.add("peak RSS 30/100 vs 10 candidates per triplet", ratio, "x", "<= 1.2", met)
+    res.details["rounds"] = out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds-images", type=int, default=32, help="images of the exhaustive-vs-early shard (0: skip)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights from a bench
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -152,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         from ultraedit_dagster.core.profiles import get_profile
 
         profile = get_profile("ultraedit")
-        for fn, kwargs in ((bench_editor, {"n": args.pairs, "batch": args.batch}), (bench_scorer, {"n": args.pairs})):
+        benches = [(bench_editor, {"n": args.pairs, "batch": args.batch}), (bench_scorer, {"n": args.pairs})]
+        if args.rounds_images:
+            benches.append((bench_rounds, {"images": args.rounds_images}))
+        for fn, kwargs in benches:
             try:
                 fn(res, profile, **kwargs)
             except Exception as exc:  # noqa: BLE001
