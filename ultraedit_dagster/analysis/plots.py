@@ -187,7 +187,7 @@ def tradeoff_figure(data: ModeData, profile: Any):
     return fig
 
 
-def figure_pngs(fig, thumbnail_dpi: int = 55) -> tuple[bytes, bytes]:
+def figure_pngs(fig, thumbnail_dpi: int = 70) -> tuple[bytes, bytes]:
     """(full-size PNG, small palette PNG for the UI) of a figure, which is closed afterwards."""
     plt = _pyplot()
     full, small = io.BytesIO(), io.BytesIO()
