@@ -276,6 +276,7 @@ def analyst_init_sql(lake: Lake | str) -> str:
         endpoint = "regexp_replace(coalesce(getenv('AWS_ENDPOINT_URL'), ''), '^https?://', '')"
         custom = "coalesce(getenv('AWS_ENDPOINT_URL'), '') <> ''"
         lines += [
+            ".output /dev/null",  # no "Success" table from the secret at every start (errors still show)
             f"LOAD {sql_string(str(httpfs_extension_path()))};",
             "CREATE OR REPLACE SECRET ultraedit_lake (TYPE s3, "
             "KEY_ID getenv('AWS_ACCESS_KEY_ID'), SECRET getenv('AWS_SECRET_ACCESS_KEY'), "
@@ -283,6 +284,7 @@ def analyst_init_sql(lake: Lake | str) -> str:
             f"ENDPOINT CASE WHEN {custom} THEN {endpoint} ELSE 's3.amazonaws.com' END, "
             f"URL_STYLE CASE WHEN {custom} THEN 'path' ELSE 'vhost' END, "
             "USE_SSL NOT starts_with(coalesce(getenv('AWS_ENDPOINT_URL'), ''), 'http://'));",
+            ".output",
         ]
     return "\n".join(lines) + "\n"
 
