@@ -33,6 +33,7 @@ DBT_MODELS = {
     "threshold_sweep",
     "cost_per_kept_sample",
     "release_reconciliation",
+    "recipe_comparison",
 }
 UNPARTITIONED_ASSETS = {"seed_triplets", "release_card", "warehouse_views", "threshold_plots", *DBT_MODELS}
 
@@ -79,6 +80,9 @@ ASSET_CHECKS = {
     ("metric_summary", "not_null_metric_summary_n"),
     ("metric_summary", "not_null_metric_summary_summary_key"),
     ("metric_summary", "unique_metric_summary_summary_key"),
+    ("recipe_comparison", "accepted_range_recipe_comparison_pass_rate_all__1__0"),
+    ("recipe_comparison", "not_null_recipe_comparison_recipe_mode_edit_type"),
+    ("recipe_comparison", "unique_recipe_comparison_recipe_mode_edit_type"),
     ("threshold_sweep", "accepted_range_threshold_sweep_kept_samples__0"),
     ("threshold_sweep", "not_null_threshold_sweep_combo"),
     ("threshold_sweep", "not_null_threshold_sweep_kept_samples"),
