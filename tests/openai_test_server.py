@@ -7,7 +7,7 @@ listed, one behaviour per request, then `default` (normally "good"). Behaviours:
 
 - `good`: a well-formed reply. For an edit-triplet prompt (a line `Caption to edit: ...` and `Produce k instances`)
   it answers k numbered triplets built from the caption; for a vision request it answers a short or a descriptive
-  caption depending on the prompt.
+  caption depending on the prompt, chosen from the image's bytes (`vision_reply`).
 - `two`: like good but only two triplets.
 - `429` / `500`: that HTTP error with an OpenAI-style error body (429 sends `Retry-After: 0`).
 - `malformed`: HTTP 200 with a body that is not JSON.
@@ -60,6 +60,52 @@ def triplet_reply(prompt: str, n: int | None = None) -> str:
         for i, obj in enumerate(EXTRA_OBJECTS[:k])
     ]
     return "\n".join(lines)
+
+
+def _image_urls(messages: list[dict]) -> list[str]:
+    return [
+        p["image_url"].get("url", "")
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, dict) and p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)
+    ]
+
+
+# (short caption, descriptive caption) pairs: the short one names the main subject only; the descriptive one the
+# subject, its surroundings, the background, the text in the image, the style and the colours (DALL-E 3's two kinds)
+VISION_CAPTIONS = [
+    (
+        "A small object on a table.",
+        "A photo of a small object on a wooden table in a bright room, with a white wall behind it and no visible "
+        "text; natural colours.",
+    ),
+    (
+        "A brown dog lying on a rug.",
+        "A photo of a brown dog lying on a striped rug in a living room, a sofa and a lamp in the background, no "
+        "visible text; warm brown and beige colours.",
+    ),
+    (
+        "A red bicycle leaning against a wall.",
+        "A photo of a red bicycle leaning against a brick wall on a quiet street, parked cars in the background, a "
+        'sign reading "BAKERY" above it; red, orange and grey colours.',
+    ),
+    (
+        "A bowl of fruit on a kitchen counter.",
+        "A photo of a white bowl of apples and bananas on a kitchen counter, cupboards and a window in the "
+        "background, no visible text; bright yellow, red and white colours.",
+    ),
+]
+
+
+def vision_reply(prompt: str, image_urls: list[str]) -> str:
+    """A caption of the kind the prompt asks for (short unless it asks for a detailed description), chosen from the
+    image's bytes so that different images get different captions and the same image the same one."""
+    import hashlib
+
+    digest = hashlib.sha256("".join(image_urls).encode("utf-8")).digest()
+    short, desc = VISION_CAPTIONS[digest[0] % len(VISION_CAPTIONS)]
+    return short if "short caption" in prompt.lower() else desc
 
 
 class OpenAITestServer:
@@ -195,12 +241,7 @@ class OpenAITestServer:
                 messages = body.get("messages", [])
                 prompt = _text_of(messages)
                 if _is_vision(messages):
-                    content = (
-                        "A small object on a table."
-                        if "short caption" in prompt.lower()
-                        else "A photo of a small object on a wooden table in a bright room, with a white wall "
-                        "behind it and no visible text; natural colours."
-                    )
+                    content = vision_reply(prompt, _image_urls(messages))
                 elif behaviour == "garbage":
                     content = "I am sorry, I cannot help with that."
                 else:

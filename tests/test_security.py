@@ -107,7 +107,8 @@ def test_planted_secrets_never_reach_logs_metadata_lake_or_cache(tmp_path, moto_
             "--asset",
             "edit_instructions",
         )
-        assert server.count("/chat/completions") == 4, "the LLM stage really ran with the planted key"
+        # 4 images: 2 recaption requests each (the ultraedit profile's openai captioner) + 1 instruction request each
+        assert server.count("/chat/completions") == 12, "the LLM stage really ran with the planted key"
     assert llm_key not in logs and aws_secret not in logs
     scanned = 0
     for path in home.rglob("*"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from tests.openai_test_server import OpenAITestServer
+from tests.openai_test_server import OpenAITestServer, vision_reply
 from tests.text.test_text_assets import SECRET, SHARD, _source_rows
 from ultraedit_dagster.core.resources import LLMEndpoint
+from ultraedit_dagster.text.prompts import DESCRIPTIVE_CAPTION_PROMPT, SHORT_CAPTION_PROMPT
 from ultraedit_dagster.text.resources import CaptionerResource
+from ultraedit_dagster.text.rows import png_data_url
 
 
 def test_captioner_backends(tmp_path):
@@ -34,8 +36,10 @@ def test_captioner_backends(tmp_path):
         assert any(
             p.get("type") == "image_url" and p["image_url"]["url"].startswith("data:image/png;base64,") for p in content
         )
-    assert rows[0]["caption_short"] == "A small object on a table."
-    assert "background" not in rows[0]["caption_short"] and "wall behind" in rows[0]["caption_desc"]
+    url = png_data_url(src[0]["image"])  # requests run concurrently: rows[0]'s need not be the first
+    assert rows[0]["caption_short"] == vision_reply(SHORT_CAPTION_PROMPT, [url])
+    assert rows[0]["caption_desc"] == vision_reply(DESCRIPTIVE_CAPTION_PROMPT, [url])
+    assert "background" not in rows[0]["caption_short"] and "background" in rows[0]["caption_desc"]
 
 
 def test_clip_token_count_matches_open_clip():

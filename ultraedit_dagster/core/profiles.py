@@ -229,7 +229,8 @@ TINY = Profile(
 
 ULTRAEDIT = Profile(
     name="ultraedit",
-    captioner_backend="passthrough",
+    # DALL-E 3-style recaptioning through the shared OpenAI-compatible vision endpoint (docs/method.md §2)
+    captioner_backend="openai",
     instruction_backend="openai",
     object_selector_backend="openai",
     editor_model="stabilityai/sdxl-turbo",
