@@ -44,7 +44,9 @@ def cmd_add_manifest(args: argparse.Namespace) -> int:
     lake = _lake()
     existing = set(instance.get_dynamic_partitions(SHARDS_PARTITIONS_NAME))
     try:
-        reg = register_manifest(lake, args.path, name=args.name, shard_size=args.shard_size, existing_keys=existing)
+        reg = register_manifest(
+            lake, args.path, name=args.name, shard_size=args.shard_size, existing_keys=existing, recipe=args.recipe
+        )
     except (ManifestError, InvalidShardKey) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -429,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="JSONL, CSV or Parquet with columns image, caption [, id, source, license]")
     p.add_argument("--name", help="manifest name: lowercase [a-z0-9-] (default: from the file name)")
     p.add_argument("--shard-size", type=int, default=1000, help="rows per shard (default 1000)")
+    p.add_argument(
+        "--recipe",
+        choices=["ultraedit", "ip2p"],
+        default=None,
+        help="generation recipe of this manifest's shards (default: the profile's; docs/method.md §12)",
+    )
     p.set_defaults(func=cmd_add_manifest)
 
     p = sub.add_parser("demo", help="register the embedded demo images and materialize the whole graph")

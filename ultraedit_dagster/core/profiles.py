@@ -303,6 +303,26 @@ TINY_IP2P = dataclasses.replace(
 PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, ULTRAEDIT, IP2P, TINY_IP2P)}
 
 
+# The profile a shard registered with another recipe runs under, given the active profile (docs/method.md §12).
+RECIPE_VARIANTS: dict[tuple[str, str], str] = {
+    ("tiny", "ip2p"): "tiny-ip2p",
+    ("tiny-ip2p", "ultraedit"): "tiny",
+    ("ultraedit", "ip2p"): "ip2p",
+    ("ip2p", "ultraedit"): "ultraedit",
+}
+
+
+def profile_for_recipe(profile: Profile, recipe: str | None) -> Profile:
+    """`profile` itself when `recipe` is None or its own; else its variant for that recipe (tiny <-> tiny-ip2p,
+    ultraedit <-> ip2p: the same scale of models, the recipe's parameters, filters and selection)."""
+    if recipe is None or recipe == profile.recipe:
+        return profile
+    try:
+        return PROFILES[RECIPE_VARIANTS[(profile.name, recipe)]]
+    except KeyError:
+        raise ValueError(f"profile {profile.name!r} has no variant for recipe {recipe!r}") from None
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The profile named, or the one in ULTRAEDIT_PROFILE, or `tiny`."""
     name = name or os.environ.get("ULTRAEDIT_PROFILE") or DEFAULT_PROFILE

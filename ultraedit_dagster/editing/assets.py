@@ -9,8 +9,9 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
-from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
+from ultraedit_dagster.core.imaging import thumbnail_grid
 from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard_multi, shards
+from ultraedit_dagster.core.profiles import profile_for_recipe
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
@@ -21,8 +22,29 @@ from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
 from ultraedit_dagster.scoring.resources import ScorerResource
 from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA
+from ultraedit_dagster.sources.manifests import manifest_recipe
 
 SCORES = "metric_scores"
+_RECIPE_EDITORS: dict[str, EditorResource] = {}  # one per recipe and configuration: its model loads once per process
+
+
+def editor_for_recipe(editor: EditorResource, profile: Any) -> EditorResource:
+    """The configured editor when it runs the profile's recipe; else that recipe's editor (the profile's model and
+    generator choices) on the same device, dtype, batch size and working size."""
+    if editor.recipe == profile.recipe:
+        return editor
+    other = EditorResource.from_profile(
+        profile,
+        device=editor.device,
+        dtype=editor.dtype,
+        batch_size=editor.batch_size,
+        working_size=editor.working_size,
+        cpu_threads=editor.cpu_threads,
+        seed=editor.seed,
+        blank_std=editor.blank_std,
+    )
+    key = other.model_dump_json()
+    return _RECIPE_EDITORS.setdefault(key, other)
 
 
 @dg.multi_asset(
@@ -70,14 +92,22 @@ def candidates_and_scores(
 
     def one_shard(shard: str) -> dict[str, dict[str, Any]]:
         lk = lake.lake
-        profile = pipeline.profile
+        # a manifest registered with a recipe runs under the active profile's variant for it (docs/method.md §12)
+        profile = profile_for_recipe(pipeline.profile, manifest_recipe(lk, shard))
+        shard_editor = editor_for_recipe(editor, profile)
         ids = {
             "clip_model_id": scorer.clip_model_id,
             "dinov2_model_id": scorer.dinov2_model_id,
             "scorer_input_sizes": scorer.input_sizes(pipeline.image_size),
         }
         runner = RoundRunner(
-            lk, shard, profile=profile, global_seed=pipeline.global_seed, editor=editor, scorer=scorer, score_ids=ids
+            lk,
+            shard,
+            profile=profile,
+            global_seed=pipeline.global_seed,
+            editor=shard_editor,
+            scorer=scorer,
+            score_ids=ids,
         )
         rows = ok = 0
         reasons: Counter = Counter()
@@ -122,10 +152,10 @@ def candidates_and_scores(
         }
         if ok == 0 and rows:
             context.log.warning(f"shard {shard}: no candidate generated and scored; reasons: {dict(reasons)}")
-        grid = (
-            markdown_image(thumbnail_grid(st.preview, columns=2, thumb=192), alt="source | target")
+        preview = (  # a file in the lake, linked; the metadata embeds a bounded thumbnail
+            lake.preview_metadata(ASSET, shard, thumbnail_grid(st.preview, columns=2, thumb=192), "source | target")
             if st.preview
-            else "(no selected candidates)"
+            else {"preview": dg.MetadataValue.md("(no selected candidates)")}
         )
         candidates_md: dict[str, Any] = {
             "rows": rows,
@@ -142,11 +172,12 @@ def candidates_and_scores(
             "candidates_per_second": round(st.generated / st.generation_seconds, 3) if st.generation_seconds else 0.0,
             "generation_seconds": round(st.generation_seconds, 2),
             "oom_retries": runner._gen.stats.oom_retries if runner._gen is not None else 0,
-            "editor_id": editor.editor_id,
+            "editor_id": shard_editor.editor_id,
+            "recipe_version": runner.recipe["recipe_version"],
             "lake_bytes": cand_bytes,
             "top_errors": dg.MetadataValue.json(dict(reasons.most_common(10))),
             "lake_uri": lk.shard_uri(ASSET, shard),
-            "preview": dg.MetadataValue.md("source | target (selected)\n\n" + grid),
+            **preview,
             **cost,
         }
         means = {m: (sums[m] / ok if ok else None) for m in METRIC_COLUMNS}

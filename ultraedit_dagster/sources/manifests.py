@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ultraedit_dagster.core.ids import make_uid
 from ultraedit_dagster.core.partitions import shard_key, validate_manifest_name
+from ultraedit_dagster.editing.params import RECIPES
 from ultraedit_dagster.lake.store import Lake
 
 REQUIRED_COLUMNS = ("image", "caption")
@@ -243,6 +244,7 @@ def register_manifest(
     name: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     existing_keys: set[str] = frozenset(),
+    recipe: str | None = None,
 ) -> Registration:
     """Write shard manifests to the lake (once) and return the shard keys; `new_shard_keys` are those not in
     `existing_keys`.
@@ -252,6 +254,8 @@ def register_manifest(
     under one name exactly one wins and the other is refused. The record says `pending` until every shard manifest
     is written, then `complete`; a registration that crashed in between simply runs again with the same data."""
     name = validate_manifest_name(name or default_manifest_name(path))
+    if recipe is not None and recipe not in RECIPES:
+        raise ManifestError(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)} (docs/method.md §12)")
     rows = read_manifest(path)
     digest = content_hash(rows)
     shards = split_into_shards(name, rows, shard_size)
@@ -265,6 +269,8 @@ def register_manifest(
         "shard_keys": keys,
         "state": "pending",
     }
+    if recipe is not None:  # this manifest's generation recipe; absent: the active profile's (docs/method.md §12)
+        record["recipe"] = recipe
     reg_path = registration_relpath(name)
     if not lake.create_bytes(reg_path, json.dumps(record, indent=2).encode()):
         existing = _read_record(lake, reg_path, name)
@@ -279,6 +285,12 @@ def register_manifest(
                 f"this manifest is already registered as {name!r} with shard size {existing.get('shard_size')} "
                 f"(not {shard_size}); registered shards are immutable: use --shard-size "
                 f"{existing.get('shard_size')}, or register it under another --name to split it differently"
+            )
+        if existing.get("recipe") != recipe:
+            raise ManifestError(
+                f"this manifest is already registered as {name!r} with recipe {existing.get('recipe') or 'default'} "
+                f"(not {recipe or 'default'}); to run the same data through another recipe register it under another "
+                "--name"
             )
         if existing.get("state", "complete") == "complete":
             keys = list(existing["shard_keys"])
@@ -300,6 +312,32 @@ def _read_record(lake: Lake, reg_path: str, name: str) -> dict:
     if not isinstance(record, dict):
         raise ManifestError(f"the registration record of {name!r} ({reg_path}) is damaged")
     return record
+
+
+def manifest_recipe(lake: Lake, key: str) -> str | None:
+    """The recipe the shard's manifest was registered with (None: the active profile's), docs/method.md §12. The
+    manifest name is the shard key without its `-<nnnnn>` index; a shard without a registration record has none."""
+    name = key.rsplit("-", 1)[0]
+    reg_path = registration_relpath(name)
+    if not _registered(lake, reg_path):
+        return None
+    return _read_record(lake, reg_path, name).get("recipe")
+
+
+def _registered(lake: Lake, relpath: str) -> bool:
+    """Whether the registration record exists; any other S3 error propagates (a shard must not silently fall back
+    to the default recipe because a request failed)."""
+    if not lake.is_s3:
+        return (Path(lake.root) / relpath).is_file()
+    from botocore.exceptions import ClientError
+
+    try:
+        lake.s3_client.head_object(Bucket=lake.bucket, Key=lake._key(relpath))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def read_shard_manifest(lake: Lake, key: str) -> pa.Table:
