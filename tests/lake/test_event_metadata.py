@@ -1,5 +1,6 @@
 """Event metadata stays small (issue 13 item 5): previews embedded in materialization metadata are bounded thumbnails
-and full previews are files in the lake, so 4,000 shards do not put gigabytes into the instance database."""
+and full previews are files in the lake (written by the stage assets), so 4,000 shards do not put gigabytes into the
+instance database."""
 
 import numpy as np
 from PIL import Image
@@ -58,6 +59,10 @@ def test_a_shard_materialization_keeps_its_metadata_under_100_kb(tmp_path, insta
     print(f"source_images materialization event: {size} bytes")
     assert size < PER_SHARD_METADATA_LIMIT
     assert "data:image/jpeg;base64," in mat.metadata["preview"].value
+    # the full preview is one small file per shard in the lake, linked from the metadata
+    relpath = f"previews/source_images/shard={shard}.png"
+    assert mat.metadata["preview_file"].value.endswith(relpath)
+    assert lake.read_bytes(relpath)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_preview_file_in_the_lake_and_bounded_thumbnail_in_the_metadata(tmp_path):

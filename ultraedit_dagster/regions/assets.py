@@ -7,7 +7,7 @@ import pyarrow as pa
 from PIL import Image
 
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
-from ultraedit_dagster.core.imaging import markdown_image, thumbnail_grid
+from ultraedit_dagster.core.imaging import thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
@@ -77,10 +77,10 @@ def region_masks(
             context.log.info(f"shard {shard}: no region-mode instructions")
         elif ok == 0:
             context.log.warning(f"shard {shard}: no region row passed; top reasons: {reasons.most_common(3)}")
-        preview = (
-            markdown_image(thumbnail_grid(tiles, columns=4, thumb=160), alt="mask overlays")
+        preview = (  # a file in the lake, linked; the metadata embeds a bounded thumbnail
+            lake.preview_metadata(ASSET, shard, thumbnail_grid(tiles, columns=4, thumb=160), "mask overlays")
             if tiles
-            else "(no ok region rows with masks)"
+            else {"preview": dg.MetadataValue.md("(no ok region rows with masks)")}
         )
         return {
             "rows": len(all_rows),
@@ -89,7 +89,7 @@ def region_masks(
             "outcomes": dg.MetadataValue.json(dict(counts)),
             "top_errors": dg.MetadataValue.json(dict(reasons.most_common(10))),
             "lake_uri": lk.shard_uri(ASSET, shard),
-            "preview": dg.MetadataValue.md(preview),
+            **preview,
         }
 
     return materialize_each_shard(context, one_shard)

@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.analysis.plots import card_markdown_for_ui
-from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
+from ultraedit_dagster.core.imaging import decode_png, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
@@ -153,7 +153,8 @@ def filtered_release(
                 f"({failed}/{len(scores)} candidates failed upstream)"
             )
         if preview:
-            metadata["preview"] = dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), "kept edits"))
+            # a file in the lake, linked; the metadata embeds a bounded thumbnail
+            metadata.update(lake.preview_metadata("filtered_release", shard, thumbnail_grid(preview), "kept edits"))
         return metadata
 
     return materialize_each_shard(context, one_shard)

@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from ultraedit_dagster.core.imaging import decode_png, markdown_image, thumbnail_grid
+from ultraedit_dagster.core.imaging import decode_png, thumbnail_grid
 from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
@@ -78,7 +78,8 @@ def source_images(
             "failure_reasons": reasons,
             "lake_uri": dg.MetadataValue.path(lake.lake.shard_uri("source_images", shard)),
             "profile": profile,
-            "preview": dg.MetadataValue.md(markdown_image(thumbnail_grid(preview), f"{shard} source images")),
+            # the preview grid is a file in the lake; the metadata embeds a bounded thumbnail and links the file
+            **lake.preview_metadata("source_images", shard, thumbnail_grid(preview), f"{shard} source images"),
         }
 
     return materialize_each_shard(context, one_shard)
