@@ -6,13 +6,10 @@ import os
 import shutil
 import subprocess
 
-import dagster as dg
 import duckdb
 import pytest
 
-from tests.analysis.scored_lake import write_scored_lake
 from ultraedit_dagster.core.profiles import get_profile
-from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, dbt_env, dbt_executable, selection_vars, sweep_vars
 from ultraedit_dagster.lake.store import Lake
 from ultraedit_dagster.release.schema import release_row, release_table
@@ -24,27 +21,6 @@ RECONCILIATION_TESTS = {
     "release_region_triplets_have_min_passing",
     "release_rows_match_their_scores",
 }
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The scored lake and a warehouse that the Dagster dbt asset built over it with the tiny profile."""
-    root = tmp_path_factory.mktemp("sweep")
-    lake = Lake(str(root / "lake"))
-    scores = write_scored_lake(lake)
-    warehouse = root / "warehouse.duckdb"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ULTRAEDIT_LAKE", str(root / "lake"))
-    mp.setenv("ULTRAEDIT_WAREHOUSE", str(warehouse))
-    from ultraedit_dagster.lake.dbt_assets import dbt_quality_models, dbt_resource
-
-    try:
-        with dg.DagsterInstance.ephemeral() as inst:
-            resources = {"dbt": dbt_resource(), "pipeline": PipelineResource(profile_name="tiny")}
-            result = dg.materialize([dbt_quality_models], instance=inst, resources=resources, raise_on_error=False)
-    finally:
-        mp.undo()
-    return result, root, lake, warehouse, scores
 
 
 def test_threshold_sweep_has_the_profiles_row_and_it_equals_the_release(built):
