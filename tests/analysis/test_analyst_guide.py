@@ -43,6 +43,7 @@ def test_the_guides_queries_answer_the_question(built):
     assert [c[5] for c in cost] == sorted(c[5] for c in cost)  # cheapest first
 
 
+@pytest.mark.slow
 def test_the_guides_commands_run_as_written(built, tmp_path):
     """`ultraedit sql` reads the warehouse; the ULTRAEDIT_SWEEP_GRID command rebuilds threshold_sweep with the
     given axis (plus the profile's thresholds) through the Dagster CLI."""
