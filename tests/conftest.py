@@ -26,12 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 # session checks at the end (so a violation swallowed by an `except Exception` still fails the run). Cheap: one check
 # per connect, no I/O unless something is refused.
 NET_GUARD = r"""
-import ipaddress, os, socket
+import functools, ipaddress, os, socket
 
 _LOG = os.environ.get("ULTRAEDIT_NET_GUARD_LOG", "")
 _LOCAL_NAMES = {None, "", "localhost", "localhost.localdomain", "ip6-localhost", socket.gethostname()}
 
 
+@functools.lru_cache(maxsize=256)  # a test talks to a handful of hosts: judge each once
 def _is_local(host):
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
