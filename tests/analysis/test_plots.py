@@ -147,3 +147,23 @@ def test_card_figures_are_inlined_for_the_ui(tmp_path):
     assert "card cut here for the UI" in md and len(DATA_URL.sub("", md)) < plots.CARD_TEXT_LIMIT + 500
     for _, b64 in shown:
         assert Image.open(io.BytesIO(base64.b64decode(b64))).width > 0
+
+
+def test_a_mode_without_scored_candidates_still_plots(tmp_path):
+    """A lake with free-form candidates only (no region triplet yet): the region figures are drawn empty with n=0,
+    nothing raises."""
+    import pyarrow as pa
+
+    from tests.analysis.scored_lake import scored_rows
+    from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA
+
+    lake = Lake(str(tmp_path / "lake"))
+    profile = get_profile("tiny")
+    rows = [r for r in scored_rows("demo-00000", 10, seed=5, profile=profile) if r["mode"] == "free_form"]
+    lake.write_table("metric_scores", "demo-00000", pa.Table.from_pylist(rows, schema=METRIC_SCORES_SCHEMA))
+    con = duckdb.connect()
+    relation = f"read_parquet('{lake.root}/metric_scores/*/*.parquet', union_by_name = true)"
+    result = plots.threshold_plots(con, relation, profile)
+    assert result.scored["region"] == 0 and result.kept_at_profile["region"] == 0
+    assert result.scored["free_form"] > 0
+    assert all(Image.open(io.BytesIO(png)).width > 0 for png in result.pngs.values())
