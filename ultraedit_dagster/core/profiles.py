@@ -103,6 +103,10 @@ class RegionMasking:
     max_contours: int = 500
     fine_hull_max_contours: int = 150
     max_qc_failure_rate: float = 0.5  # asset check (warn): share of region rows failing mask QC
+    # free-form instructions of local edits must name an object the image shows (tags, else grounding), otherwise
+    # they fail `object_not_in_image` before generation; off in `tiny`, whose random tagger would drop a random
+    # share and change the calibrated demo counts (docs/method.md §4)
+    free_form_presence: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ ULTRAEDIT = Profile(
     sam_checkpoint="sam_vit_h_4b8939.pth",
     tagger_clip_model="ViT-L-14",
     tagger_clip_pretrained="openai",
+    region_masking=RegionMasking(free_form_presence=True),
 )
 
 # InstructPix2Pix's recipe (docs/method.md §12), as its released generate_img_dataset.py runs it: SD 1.5 from pure

@@ -20,6 +20,7 @@ import pyarrow as pa
 from ultraedit_dagster.core.ids import make_uid
 from ultraedit_dagster.core.rows import instructions_by_image, mark_failed
 from ultraedit_dagster.editing.params import REGION
+from ultraedit_dagster.regions.object_selection import presence_required
 
 ASSET = "edit_candidates"
 
@@ -92,7 +93,9 @@ def fail(row: dict, error: str) -> dict:
 def load_work(lake: Any, shard: str, profile: Any, editor_id: str) -> tuple[list[dict], dict[str, list[dict]], dict]:
     """What the shard asks for: (failed rows for instructions that cannot be generated, with the reason; the
     generatable instructions by image uid; the region_masks rows by instruction uid). Failed upstream rows, region
-    instructions without a usable mask and a region_masks shard not yet materialized give failed rows."""
+    instructions without a usable mask and a region_masks shard not yet materialized give failed rows; so does a
+    free-form instruction that region_masks failed (its object is not in the image, docs/method.md §4), and with the
+    profile's `free_form_presence` one of a local edit whose check has not run."""
     bad, instructions = instructions_by_image(lake, shard)
     failed_upstream = [
         fail(base_row(ins, shard, profile.name, editor_id), f"edit_instructions: {ins['error']}") for ins in bad
@@ -105,14 +108,20 @@ def load_work(lake: Any, shard: str, profile: Any, editor_id: str) -> tuple[list
         for batch in lake.iter_batches("region_masks", shard, batch_size=256, columns=mcols):
             for m in batch.to_pylist():
                 masks[m["instruction_uid"]] = m
+    check_presence = profile.region_masking.free_form_presence
     for uid in list(instructions):
         keep = []
         for ins in instructions[uid]:
-            if ins["mode"] != REGION:
-                keep.append(ins)
-                continue
             m = masks.get(ins["instruction_uid"])
-            if not has_masks:
+            if ins["mode"] != REGION:
+                if m is not None and m["status"] != "ok":
+                    err = f"region_masks: {m['error']}"
+                elif not has_masks and check_presence and presence_required(ins["instruction"] or "", ins["edit_type"]):
+                    err = "region_masks: shard not materialized yet, the object's presence is not checked"
+                else:
+                    keep.append(ins)
+                    continue
+            elif not has_masks:
                 err = "region_masks: shard not materialized yet, no mask for this region instruction"
             elif m is None:
                 err = "region_masks: no mask row for this region instruction"

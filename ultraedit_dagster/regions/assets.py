@@ -18,7 +18,14 @@ from ultraedit_dagster.regions.resources import (
     SegmenterResource,
     TaggerResource,
 )
-from ultraedit_dagster.regions.rows import ASSET, PREVIEW_TILES, REGION_MASKS_SCHEMA, outcome, region_mask_batches
+from ultraedit_dagster.regions.rows import (
+    ASSET,
+    FREE_FORM,
+    PREVIEW_TILES,
+    REGION_MASKS_SCHEMA,
+    outcome,
+    region_mask_batches,
+)
 
 
 @dg.asset(
@@ -46,12 +53,15 @@ def region_masks(
     edits, whose masks are the full image), GroundingDINO boxes and scores, SAM's fine mask, the convex-hull, box,
     inner, outer and soft masks (PNG), and the mask QC result (1% < area < 90%, <= 500 external contours). No
     detection, a mask failing QC, a model error or a failed upstream row each give a `failed` row with the reason.
-    Free-form instructions are not in this table."""
+    With the profile's `free_form_presence` (the `ultraedit` profile), free-form instructions of local edits are
+    checked too: one whose object is not in the image is a failed row with `mode` free_form (`object_not_in_image`),
+    which edit_candidates does not generate; present ones get no row (docs/method.md §4)."""
 
     def one_shard(shard: str) -> dict:
         lk = lake.lake
         all_rows: list[dict] = []
         tiles: list[Image.Image] = []
+        presence: Counter = Counter()
         with lk.open_writer(ASSET, shard, REGION_MASKS_SCHEMA) as writer:
             for rows, new_tiles in region_mask_batches(
                 lk,
@@ -62,11 +72,12 @@ def region_masks(
                 selector=object_selector,
                 grounder=grounder,
                 segmenter=segmenter,
+                stats=presence,
             ):
                 if rows:
                     writer.write_table(pa.Table.from_pylist(rows, schema=REGION_MASKS_SCHEMA))
                 all_rows.extend(
-                    {k: r[k] for k in ("status", "error", "edit_object", "qc", "instruction_uid")} for r in rows
+                    {k: r[k] for k in ("status", "error", "edit_object", "qc", "instruction_uid", "mode")} for r in rows
                 )
                 tiles.extend(new_tiles[: max(0, PREVIEW_TILES - len(tiles))])
 
@@ -88,6 +99,12 @@ def region_masks(
             "failed": len(all_rows) - ok,
             "outcomes": dg.MetadataValue.json(dict(counts)),
             "top_errors": dg.MetadataValue.json(dict(reasons.most_common(10))),
+            "free_form_presence": pipeline.profile.region_masking.free_form_presence,
+            "free_form_checked": presence["free_form_checked"],
+            "free_form_present": presence["free_form_present"],
+            "free_form_outcomes": dg.MetadataValue.json(
+                dict(Counter(outcome(r) for r in all_rows if r["mode"] == FREE_FORM))
+            ),
             "lake_uri": lk.shard_uri(ASSET, shard),
             **preview,
         }

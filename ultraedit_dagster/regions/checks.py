@@ -13,7 +13,14 @@ from ultraedit_dagster.lake.shard_sql import shard_connection
 from ultraedit_dagster.regions import mask_math as mm
 from ultraedit_dagster.regions.assets import region_masks
 from ultraedit_dagster.regions.object_selection import full_mask_reason
-from ultraedit_dagster.regions.rows import ASSET, MASK_COLUMNS, MASK_QC, OBJECT_NOT_FOUND, OBJECT_NOT_IN_IMAGE
+from ultraedit_dagster.regions.rows import (
+    ASSET,
+    FREE_FORM,
+    MASK_COLUMNS,
+    MASK_QC,
+    OBJECT_NOT_FOUND,
+    OBJECT_NOT_IN_IMAGE,
+)
 
 BINARY_MASKS = tuple(c for c in MASK_COLUMNS if c != "soft_mask")
 
@@ -99,7 +106,8 @@ def region_masks_valid_masks(context: dg.AssetCheckExecutionContext, lake: LakeR
 @dg.asset_check(
     asset=region_masks,
     blocking=True,
-    description="Every ok row has all its masks, a non-empty fine mask and a soft mask.",
+    description="Every ok row has all its masks, a non-empty fine mask and a soft mask (free-form rows, stored only "
+    "when their object-presence check failed, are never ok).",
 )
 def region_masks_ok_rows_have_masks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
     def one_shard(shard: str) -> dg.AssetCheckResult:
@@ -148,6 +156,13 @@ def region_masks_qc_failure_rate(
                 "SELECT qc, count(*) FROM t WHERE error LIKE ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5", [prefix]
             ).fetchall()
         )
+        # free-form rows (failed object-presence checks, docs/method.md §4); shards written before the column have none
+        free_form = free_form_not_in_image = 0
+        if "mode" in [d[0] for d in con.execute("SELECT * FROM t LIMIT 0").description]:
+            free_form, free_form_not_in_image = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE error LIKE ?) FROM t WHERE mode = ?",
+                [f"{OBJECT_NOT_IN_IMAGE}:%", FREE_FORM],
+            ).fetchone()
         rate = qc_failed / masked if masked else 0.0
         limit = pipeline.profile.region_masking.max_qc_failure_rate
         return dg.AssetCheckResult(
@@ -160,6 +175,8 @@ def region_masks_qc_failure_rate(
                 "max_qc_failure_rate": limit,
                 "object_not_found": not_found,
                 "object_not_in_image": not_in_image,
+                "free_form_failed": free_form,
+                "free_form_object_not_in_image": free_form_not_in_image,
                 "top_qc_reasons": str(reasons),
             },
         )

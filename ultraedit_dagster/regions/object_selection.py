@@ -233,6 +233,13 @@ def full_mask_reason(instruction: str, edit_type: str | None) -> str:
     return ""
 
 
+def presence_required(instruction: str, edit_type: str | None) -> bool:
+    """Whether a free-form instruction edits an object that must already be in the image (docs/method.md §4): a local
+    edit (no full-mask reason) that is not whole-image by UltraEdit's selection rules (adding or moving an object, a
+    scene or style change: the object to find does not exist yet, or there is none)."""
+    return not full_mask_reason(instruction, edit_type) and not whole_image_reason(instruction, edit_type)
+
+
 def objects_in_tags(objects: Sequence[str], tags: Sequence[str]) -> list[str]:
     """The objects whose head noun (normalised) is a word of one of the image's tags."""
     tag_words = {t for tag in tags for t in _norm_tokens(tag)}

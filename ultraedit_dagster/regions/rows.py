@@ -1,7 +1,13 @@
 """Region-mask rows (docs/method.md §4): tag the image, select the edited object(s), ground them with GroundingDINO,
 segment with SAM, expand and QC the masks. The schema and Dagster-free row building; the models come in as
-arguments (anything with the resources' methods)."""
+arguments (anything with the resources' methods).
 
+With the profile's `free_form_presence` on, free-form instructions of local edits go through the same tagging,
+selection and (when the tags do not hold the object) grounding, without masks: one whose object is absent gets a
+failed row (`mode` free_form, `object_not_in_image` / `object_not_found`) that edit_candidates turns into a failed
+candidate row instead of generating it. Free-form instructions whose object is present get no row."""
+
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,6 +24,7 @@ from ultraedit_dagster.regions.object_selection import (
     full_mask_reason,
     grounding_text,
     objects_in_tags,
+    presence_required,
 )
 
 ASSET = "region_masks"
@@ -32,6 +39,8 @@ REGION_MASKS_SCHEMA = pa.schema(
         ("shard", pa.string()),
         ("instruction", pa.string()),
         ("edit_type", pa.string()),
+        # "region", or "free_form" for a free-form instruction that failed the object-presence check
+        ("mode", pa.string()),
         ("edit_object", pa.string()),
         ("selection_reason", pa.string()),
         ("tags", pa.list_(pa.string())),
@@ -59,6 +68,7 @@ REGION_MASKS_SCHEMA = pa.schema(
 # tags nor the grounder see is `object_not_in_image` (docs/method.md §4).
 UPSTREAM, MASK_QC = "upstream", "mask qc"
 OBJECT_NOT_FOUND, OBJECT_NOT_IN_IMAGE = "object_not_found", "object_not_in_image"
+REGION, FREE_FORM = "region", "free_form"
 
 
 def _mask_png(mask: np.ndarray) -> bytes:
@@ -92,6 +102,7 @@ def base_row(ins: dict, shard: str, profile: str) -> dict:
         shard=shard,
         instruction=ins.get("instruction"),
         edit_type=ins.get("edit_type"),
+        mode=ins.get("mode") or REGION,
         tags=[],
         boxes=[],
         box_scores=[],
@@ -120,8 +131,12 @@ def process_images(
     selector: Any,
     grounder: Any,
     segmenter: Any,
+    stats: Counter | None = None,
 ) -> tuple[list[dict], list[Image.Image]]:
-    """Rows for every region instruction of these (image_uid, RGB image) pairs, plus overlay tiles of ok rows."""
+    """Rows for every region instruction of these (image_uid, RGB image) pairs, plus overlay tiles of ok rows.
+    Free-form instructions among them (mode free_form) are checked for their object's presence only: the failed ones
+    give rows, the present ones none; `stats` counts `free_form_checked` and `free_form_present`."""
+    stats = Counter() if stats is None else stats
     tiles: list[Image.Image] = []
     pil = dict(images)
     uids = [u for u, _ in images]
@@ -130,16 +145,17 @@ def process_images(
     tags = dict(zip(uids, tag_results, strict=True))
 
     rows: list[dict] = []
+    presence: list[dict] = []  # free-form rows: only the failed ones are stored
     pending: list[dict] = []  # rows still ok, with their instruction
     for uid in uids:
         for ins in instructions.get(uid, []):
             row = base_row(ins, shard, profile)
+            (presence if row["mode"] == FREE_FORM else rows).append(row)
             if isinstance(tags[uid], Exception):
-                rows.append(fail(row, str(tags[uid])))
+                fail(row, str(tags[uid]))
                 continue
             row["tags"] = list(tags[uid])
             row["tagger_id"] = tagger.model_id
-            rows.append(row)
             pending.append({"row": row, "ins": ins})
 
     requests = [
@@ -163,6 +179,18 @@ def process_images(
             continue
         assert isinstance(sel, ObjectSelection)
         row["edit_object"], row["selection_reason"] = sel.edit_object, sel.reason or None
+        if row["mode"] == FREE_FORM:
+            if sel.is_none:
+                fail(
+                    row,
+                    f"{OBJECT_NOT_FOUND}: free-form {row['edit_type'] or 'untyped'} edit of an object, and no object "
+                    f"of the image was selected ({sel.reason or 'NONE'})",
+                )
+            elif not objects_in_tags(sel.objects, row["tags"]):
+                # not among the tags: the grounder decides (a tagger misses small or rare objects)
+                row["grounding_text"] = grounding_text(sel.objects)
+                to_ground.append(row)
+            continue
         if sel.is_none:
             whole = full_mask_reason(row["instruction"] or "", row["edit_type"])
             if not whole:
@@ -190,6 +218,18 @@ def process_images(
             fail(row, str(det))
             continue
         row["grounder_id"] = grounder.model_id
+        if row["mode"] == FREE_FORM:
+            if len(det) == 0:
+                fail(
+                    row,
+                    f"{OBJECT_NOT_IN_IMAGE}: {row['edit_object']!r} of a free-form edit is neither among the image's "
+                    f"tags nor detected (box threshold {grounder.box_threshold})",
+                )
+            else:
+                row["boxes"] = [[float(v) for v in b] for b in det.boxes]
+                row["box_scores"] = [float(s) for s in det.scores]
+                row["box_labels"] = list(det.labels)
+            continue
         if len(det) == 0:
             objects = [o.strip() for o in row["edit_object"].split(",")]
             if objects_in_tags(objects, row["tags"]):
@@ -229,7 +269,9 @@ def process_images(
             fail(row, f"{MASK_QC}: {masks.qc}")
         elif len(tiles) < PREVIEW_TILES:
             tiles.append(overlay_tile(image, masks.soft, row["boxes"]))
-    return rows, tiles
+    stats["free_form_checked"] += len(presence)
+    stats["free_form_present"] += sum(r["status"] == "ok" for r in presence)
+    return rows + [r for r in presence if r["status"] != "ok"], tiles
 
 
 def _fill_masks(row: dict, masks: mm.RegionMasks) -> None:
@@ -278,12 +320,22 @@ def region_mask_batches(
     selector: Any,
     grounder: Any,
     segmenter: Any,
+    stats: Counter | None = None,
 ) -> Iterator[tuple[list[dict], list[Image.Image]]]:
     """The shard's `region_masks` rows, a batch at a time, with overlay tiles of ok rows: one row per region-mode
-    instruction of `edit_instructions`; failed upstream rows and unusable images give failed rows with the reason."""
+    instruction of `edit_instructions`; failed upstream rows and unusable images give failed rows with the reason.
+    With `profile.region_masking.free_form_presence`, also a failed row per free-form instruction of a local edit
+    whose object is not in the image (see process_images)."""
     rm = profile.region_masking
     qc = mm.MaskQC(rm.min_area, rm.max_area, rm.max_contours, rm.fine_hull_max_contours)
-    bad, instructions = instructions_by_image(lake, shard, mode="region")
+    bad, instructions = instructions_by_image(lake, shard, mode=REGION)
+    if rm.free_form_presence:
+        # failed free-form instructions need no check: edit_candidates already fails them from edit_instructions
+        _, free = instructions_by_image(lake, shard, mode=FREE_FORM)
+        for uid, items in free.items():
+            local = [i for i in items if presence_required(i.get("instruction") or "", i.get("edit_type"))]
+            if local:
+                instructions.setdefault(uid, []).extend(local)
     failed_upstream = [fail(base_row(ins, shard, profile.name), f"edit_instructions: {ins['error']}") for ins in bad]
     if failed_upstream:
         yield failed_upstream, []
@@ -304,6 +356,7 @@ def region_mask_batches(
             selector=selector,
             grounder=grounder,
             segmenter=segmenter,
+            stats=stats,
         )
         group.clear()
         return out
