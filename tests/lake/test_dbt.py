@@ -47,7 +47,14 @@ def test_lineage_maps_sources_to_dagster_assets():
     assert deps[dg.AssetKey("threshold_sweep")] == {dg.AssetKey("metric_scores")}
     assert {k.asset_key for k in dbt_quality_models.check_keys} == {
         dg.AssetKey(n)
-        for n in ("shard_quality", "edit_type_quality", "metric_summary", "threshold_sweep", "release_reconciliation")
+        for n in (
+            "shard_quality",
+            "edit_type_quality",
+            "metric_summary",
+            "threshold_sweep",
+            "release_reconciliation",
+            "recipe_comparison",
+        )
     }
     assert dbt_quality_models.op.pool == "duckdb_writer"
 
