@@ -23,7 +23,9 @@ class EditorResource(dg.ConfigurableResource):
     at half size, then its rows fail. `working_size` 0 generates at the input size (512); the tiny profile uses 256 to
     keep the CPU demo fast (outputs are resized back to the input size). P2P: self-attention injection on layers with
     at most `self_max_tokens` query positions (256 = 16x16 and smaller; null = all layers) for the first p of the
-    steps, cross-attention refine on aligned tokens for the first `cross_fraction` of the steps.
+    steps, cross-attention refine on aligned tokens for the candidate's own p of the steps (`cross_fraction` null, the
+    released code) or a fixed fraction. `recipe` (`ultraedit` / `ip2p`) and the generator choices come from the
+    profile's `GeneratorOptions` (docs/method.md §12) and are recorded on every row (`recipe_options`).
     """
 
     model: str = "tiny"
