@@ -7,7 +7,8 @@ listed, one behaviour per request, then `default` (normally "good"). Behaviours:
 
 - `good`: a well-formed reply. For an edit-triplet prompt (a line `Caption to edit: ...` and `Produce k instances`)
   it answers k numbered triplets built from the caption; for a vision request it answers a short or a descriptive
-  caption depending on the prompt, chosen from the image's bytes (`vision_reply`).
+  caption depending on the prompt, chosen from the image's bytes (`vision_reply`); for an object-selection prompt
+  the object the instruction names in the source caption, or NONE (`selection_reply`).
 - `two`: like good but only two triplets.
 - `429` / `500`: that HTTP error with an OpenAI-style error body (429 sends `Retry-After: 0`).
 - `malformed`: HTTP 200 with a body that is not JSON.
@@ -106,6 +107,19 @@ def vision_reply(prompt: str, image_urls: list[str]) -> str:
     digest = hashlib.sha256("".join(image_urls).encode("utf-8")).digest()
     short, desc = VISION_CAPTIONS[digest[0] % len(VISION_CAPTIONS)]
     return short if "short caption" in prompt.lower() else desc
+
+
+def selection_reply(prompt: str) -> str:
+    """An object-selection answer (regions.object_selection.selection_prompt): the first word after "the" in the
+    task's instruction that the source caption also holds, or NONE."""
+    task = prompt.rsplit("Now the real task.", 1)[-1]
+    ins = re.search(r"^Instruction:\s*(.*)$", task, re.M)
+    src = re.search(r"^Source caption:\s*(.*)$", task, re.M)
+    caption_words = set(re.findall(r"[a-z]+", (src.group(1) if src else "").lower()))
+    for word in re.findall(r"\bthe\s+([a-z]+)", (ins.group(1) if ins else "").lower()):
+        if word in caption_words:
+            return word
+    return "NONE"
 
 
 class OpenAITestServer:
@@ -244,6 +258,8 @@ class OpenAITestServer:
                     content = vision_reply(prompt, _image_urls(messages))
                 elif behaviour == "garbage":
                     content = "I am sorry, I cannot help with that."
+                elif "Now the real task." in prompt and prompt.rstrip().endswith("Answer:"):
+                    content = selection_reply(prompt)
                 else:
                     content = triplet_reply(prompt, 2 if behaviour == "two" else None)
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split())}

@@ -222,3 +222,35 @@ def test_region_masks_asset_with_presence_on_keeps_its_checks_coherent(tmp_path,
         r["instruction_uid"] for r in free
     }
     assert {"ff-add", "ff-style"} <= _kept(instructions)
+
+
+def test_ultraedit_profile_checks_presence_through_the_llm_object_selector(tmp_path):
+    """The `ultraedit` profile's own settings and its openai object selector against the test server: one selection
+    request per checked instruction (free-form object edits and region rows), the absent object fails."""
+    from tests.openai_test_server import OpenAITestServer
+    from ultraedit_dagster.core.profiles import ULTRAEDIT
+    from ultraedit_dagster.core.resources import LLMEndpoint
+    from ultraedit_dagster.regions.resources import ObjectSelectorResource
+
+    lake = _lake(tmp_path)
+    models = _models()
+    with OpenAITestServer() as server:
+        endpoint = LLMEndpoint(model="sel-test", base_url=server.base_url, cache_dir=str(tmp_path / "cache"))
+        models["selector"] = ObjectSelectorResource.from_profile(ULTRAEDIT, endpoint=endpoint)
+        assert models["selector"].backend == "openai"
+        stats: Counter = Counter()
+        rows = [
+            r
+            for batch, _ in region_mask_batches(lake, SHARD, profile=ULTRAEDIT, global_seed=0, stats=stats, **models)
+            for r in batch
+        ]
+        # 4 free-form object edits + 1 region row; the Add and the style edit are not sent
+        assert server.count("/chat/completions") == 5
+    free = {r["instruction_uid"]: r for r in rows if r["mode"] == FREE_FORM}
+    # the server names the object the instruction takes from the source caption: dog (tagged), lamp (grounded),
+    # vase (absent), hat (neither tagged nor boxed)
+    assert set(free) == {"ff-absent", "ff-none"}
+    assert free["ff-absent"]["error"].startswith(f"{OBJECT_NOT_IN_IMAGE}: 'vase'")
+    assert free["ff-none"]["error"].startswith(f"{OBJECT_NOT_IN_IMAGE}: 'hat'")
+    assert all(r["object_selector_id"] == "openai:sel-test" and r["profile"] == "ultraedit" for r in rows)
+    assert stats == Counter(free_form_checked=4, free_form_present=2)
