@@ -209,6 +209,9 @@ def test_inbox_backfill_and_repair_through_the_daemon(tmp_path, monkeypatch, pos
         "ULTRAEDIT_PROFILE": "tiny",
         "AWS_ENDPOINT_URL": moto_server.endpoint,
         "AWS_REGION": "us-east-1",
+        # a loaded CI box can take over Dagster's default 60 s to answer a gRPC call (the daemon's StartRun seen at
+        # load ~12 on 2 cores), and a timed-out dequeue interrupted the run it had started
+        "DAGSTER_GRPC_TIMEOUT_SECONDS": "300",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
