@@ -167,3 +167,38 @@ def test_a_mode_without_scored_candidates_still_plots(tmp_path):
     assert result.scored["region"] == 0 and result.kept_at_profile["region"] == 0
     assert result.scored["free_form"] > 0
     assert all(Image.open(io.BytesIO(png)).width > 0 for png in result.pngs.values())
+
+
+def test_threshold_plots_over_an_s3_lake(moto_server):
+    """The production setup: metric_scores on S3 (moto's server on 127.0.0.1), read by DuckDB with httpfs from its
+    package; the plots go back to the lake on S3 and match the release there."""
+    from ultraedit_dagster.analysis.assets import threshold_plots
+    from ultraedit_dagster.lake.resources import S3Connection
+
+    client = moto_server.client()
+    client.create_bucket(Bucket="lake")
+    s3 = S3Connection(
+        endpoint_url=moto_server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    resource = LakeResource(root="s3://lake/prod", s3=s3)
+    write_scored_lake(resource.lake)
+    with dg.DagsterInstance.ephemeral() as inst:
+        result = dg.materialize(
+            [threshold_plots],
+            instance=inst,
+            resources={"lake": resource, "pipeline": PipelineResource(profile_name="tiny")},
+        )
+    assert result.success
+    [mat] = result.get_asset_materialization_events()
+    meta = mat.materialization.metadata
+    released: dict[str, int] = {}
+    for shard in resource.lake.list_shards("filtered_release"):
+        for split in resource.lake.read_table("filtered_release", shard, columns=["split"])["split"].to_pylist():
+            released[split] = released.get(split, 0) + 1
+    assert meta["kept_at_profile_thresholds"].data == released
+    assert sorted(meta["files"].data.values())[0].startswith("s3://lake/prod/threshold_plots/")
+    png = client.get_object(Bucket="lake", Key="prod/threshold_plots/region_tradeoff.png")["Body"].read()
+    assert Image.open(io.BytesIO(png)).format == "PNG"
