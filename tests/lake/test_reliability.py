@@ -223,8 +223,8 @@ def test_readers_while_the_warehouse_is_being_written(tmp_path):
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(duckdb.IOException, match="lock"):
         duckdb.connect(db, read_only=True)
-    with pytest.raises(WarehouseError, match="locked by another process"):
-        with connect_writer(db, retries=2, wait_s=0.01):
+    with pytest.raises(WarehouseError, match=rf"is locked: process {holder.pid} "):
+        with connect_writer(db, lock_wait_s=0.05):
             pass
     holder.kill()
     holder.wait()

@@ -7,6 +7,8 @@ only inside the step, where `dbt build` runs and its events become Dagster mater
 code server, a sensor tick or a run that does not touch the warehouse never pays for them.
 """
 
+import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -120,6 +122,24 @@ def s3_profile(profile: dict, httpfs_path: str, extension_dir: str, use_ssl: boo
     return profile
 
 
+@functools.cache
+def offline_dbt_cli_resource() -> type:
+    """dagster-dbt's `DbtCliResource`, except that it learns the dbt version without running `dbt --version`, which
+    asks pypi.org for the latest release on every run (an outbound connection nobody configured). The version comes
+    from the dbt-core installed here when the executable is this environment's dbt; any other executable is asked."""
+    from dagster_dbt import DbtCliResource
+    from packaging import version
+
+    class OfflineDbtCliResource(DbtCliResource):
+        @functools.cached_property
+        def _cli_version(self):
+            if Path(self.dbt_executable).resolve() == Path(dbt_executable()).resolve():
+                return version.parse(importlib.metadata.version("dbt-core"))
+            return super()._cli_version
+
+    return OfflineDbtCliResource
+
+
 class DbtResource(dg.ConfigurableResource):
     """How to run dbt on dbt_quality: the project and profiles folders, the dbt executable, and the lake's S3
     endpoint and credentials (used when the lake is on S3). It makes dagster-dbt's `DbtCliResource` only when a step
@@ -131,9 +151,7 @@ class DbtResource(dg.ConfigurableResource):
     s3: Optional[S3Connection] = None
 
     def cli_resource(self, profiles_dir: str | None = None):
-        from dagster_dbt import DbtCliResource
-
-        return DbtCliResource(
+        return offline_dbt_cli_resource()(
             project_dir=self.project_dir,
             profiles_dir=profiles_dir or self.profiles_dir,
             dbt_executable=self.dbt_executable,
