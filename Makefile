@@ -32,7 +32,7 @@ demo: setup
 	$(VENV)/bin/ultraedit demo
 
 test: setup system-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 # For iteration: everything but the tests marked slow (end-to-end runs, daemon, installs).
 test-fast: setup
