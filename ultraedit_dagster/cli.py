@@ -296,8 +296,10 @@ ANALYST_QUERIES = (
     "SELECT shard, candidates, failed, pass_rate, kept FROM shard_quality ORDER BY pass_rate;",
     "SELECT edit_type, mode, candidates, round(pass_rate, 3) AS pass_rate, round(mean_clip_sim_dir, 3) AS dir, kept "
     "FROM edit_type_quality ORDER BY kept DESC;",
-    "SELECT mode, min_clip_sim_image, min_clip_sim_dir, kept_samples FROM threshold_sweep "
-    "WHERE min_clip_sim_caption = 0.20 AND min_dinov2_sim = 0.40 ORDER BY mode, kept_samples DESC LIMIT 10;",
+    # what-if: image / directional thresholds moving, caption and DINOv2 minimums at the active profile's values
+    "SELECT mode, min_clip_sim_image, min_clip_sim_dir, kept_samples, profile_thresholds FROM threshold_sweep "
+    "JOIN (SELECT mode, min_clip_sim_caption, min_dinov2_sim FROM threshold_sweep WHERE profile_thresholds) "
+    "USING (mode, min_clip_sim_caption, min_dinov2_sim) ORDER BY mode, kept_samples DESC LIMIT 10;",
 )
 
 

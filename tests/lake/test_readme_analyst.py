@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.quality_fixtures import write_synthetic_scores_and_release, write_upstream
+from ultraedit_dagster.cli import ANALYST_QUERIES
 from ultraedit_dagster.lake.store import Lake
 from ultraedit_dagster.lake.warehouse import LAKE_VIEWS, SINGLE_FILE_ASSETS, connect_writer, refresh_views
 
@@ -128,8 +129,12 @@ def test_readme_analyst_commands_and_queries_run_as_written(tmp_path):
     # Each query through `ultraedit sql` (as the guide's first command does), with the rows it should show.
     expected = {view: Lake(lake.root).list_shards(view) for view in ("source_images",)}
     for query in queries:
-        out = run([".venv/bin/ultraedit", "sql", query])
-        assert "\n" in out.strip(), f"no rows for {query}: {out}"
+        run([".venv/bin/ultraedit", "sql", query])
+    # ... and every one of them shows rows on this warehouse (a query whose filter left the grid shows none)
+    reader = duckdb.connect(str(tmp_path / ".ultraedit" / "warehouse.duckdb"), read_only=True)
+    for query in queries + list(ANALYST_QUERIES):
+        assert reader.execute(query).fetchall(), f"no rows for {query}"
+    reader.close()
     assert all(s in run([".venv/bin/ultraedit", "sql", queries[0]]) for s in expected["source_images"])
     # every lake asset has a view, seed_triplets included
     tables = run([".venv/bin/ultraedit", "sql", "SELECT table_name FROM information_schema.tables"])
