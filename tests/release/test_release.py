@@ -215,6 +215,17 @@ def test_release_card_files_and_checksums(built):
     meta = built["card_run"].asset_materializations_for_node("release_card")[0].metadata
     assert meta["candidates_per_kept_sample"].value == cost["candidates_per_kept_sample"]
     assert all((release / "figures" / f"{m}.png").stat().st_size > 1000 for m in RELEASE_METRICS)
+    # the threshold plots over every scored candidate of the admitted shards, on the card and shown in the UI
+    plots = sorted(p.name for p in (release / "figures").glob("thresholds_*.png"))
+    assert plots == [f"thresholds_{m}_{k}.png" for m in ("free_form", "region") for k in ("histograms", "tradeoff")]
+    for name in plots:
+        png = (release / "figures" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+        assert f"](figures/{name})" in card
+    ui_card = meta["card"].value
+    assert "data:image/png;base64," in ui_card and "](figures/" not in ui_card
+    figures = list((release / "figures").glob("*.png"))
+    assert len(figures) > len(plots) and ui_card.count("data:image/png;base64,") == len(figures), "all displayed"
 
 
 def _results(root, shard, profile=RELEASE_TEST.name):

@@ -2,13 +2,11 @@
 plotting is in analysis/plots.py; this is the Dagster face."""
 
 import dagster as dg
-import duckdb
 
 from ultraedit_dagster.analysis import plots
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.lake.resources import LakeResource
-from ultraedit_dagster.lake.warehouse import CONNECTION_CONFIG, configure_lake_access, sql_string
 
 PLOTS_DIR = "threshold_plots"  # in the lake: <lake>/threshold_plots/<mode>_<kind>.png, replaced on each run
 
@@ -34,13 +32,7 @@ def threshold_plots(lake: LakeResource, pipeline: PipelineResource) -> dg.Materi
     profile = pipeline.profile
     if not the_lake.list_shards("metric_scores"):
         raise dg.Failure("threshold_plots: metric_scores has no shard yet; materialize the shards first")
-    con = duckdb.connect(config=dict(CONNECTION_CONFIG))
-    try:
-        configure_lake_access(con, the_lake, lake.s3_settings())
-        relation = f"read_parquet({sql_string(the_lake.asset_glob('metric_scores'))}, union_by_name = true)"
-        result = plots.threshold_plots(con, relation, profile)
-    finally:
-        con.close()
+    result = plots.lake_threshold_plots(the_lake, lake.s3_settings(), profile)
     files = {name: the_lake.write_bytes(f"{PLOTS_DIR}/{name}", png) for name, png in result.pngs.items()}
     return dg.MaterializeResult(
         metadata={

@@ -219,6 +219,23 @@ def threshold_plots(con: duckdb.DuckDBPyConnection, relation: str, profile: Any)
     return out
 
 
+def lake_threshold_plots(
+    lake: Any, s3_settings: Mapping[str, Any] | None, profile: Any, shards: Sequence[str] | None = None
+) -> PlotSet:
+    """`threshold_plots` over the lake's metric_scores Parquet (`shards`: those shards' files; None: every shard),
+    through an in-memory DuckDB: never the warehouse file, which has one writer at a time."""
+    from ultraedit_dagster.lake.warehouse import CONNECTION_CONFIG, configure_lake_access, sql_string
+
+    files = lake.asset_glob("metric_scores") if shards is None else [lake.shard_uri("metric_scores", s) for s in shards]
+    source = sql_string(files) if isinstance(files, str) else "[" + ", ".join(sql_string(f) for f in files) + "]"
+    con = duckdb.connect(config=dict(CONNECTION_CONFIG))
+    try:
+        configure_lake_access(con, lake, s3_settings)
+        return threshold_plots(con, f"read_parquet({source}, union_by_name = true)", profile)
+    finally:
+        con.close()
+
+
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from ultraedit_dagster.analysis.plots import card_markdown_for_ui
+from ultraedit_dagster.analysis.plots import card_markdown_for_ui, lake_threshold_plots
 from ultraedit_dagster.core.imaging import decode_png, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
@@ -193,9 +193,9 @@ def release_card(
 ) -> dg.MaterializeResult:
     """The release over the shards that pass the release gate (docs/method.md §6): their filtered_release files are
     its data (stored once, referenced by the card), a dataset card (counts by split, edit type and licence; metric
-    means and histograms; thresholds, L1 band and selection rule; cost per kept sample; models; data files with row
-    counts and sha256; every shard left out and why),
-    the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/` or a configured
+    means and histograms; the threshold plots over every scored candidate of the admitted shards; thresholds, L1
+    band and selection rule; cost per kept sample; models; data files with row counts and sha256; every shard left
+    out and why), the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/` or a configured
     folder, readable (0755 / 0644) like the rest of the lake."""
     profile = pipeline.profile
     thresholds = thresholds_by_mode(profile)
@@ -219,6 +219,8 @@ def release_card(
     cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
     # the card reaches the data files (the admitted filtered_release files, never copied) from where it is published
     data_prefix = "../" if not config.release_dir else the_lake.root.rstrip("/") + "/"
+    scored = [s for s in included if the_lake.exists("metric_scores", s)]
+    threshold_figures = lake_threshold_plots(the_lake, lake.s3_settings(), profile, scored).pngs if scored else {}
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
             the_lake,
@@ -233,6 +235,7 @@ def release_card(
             selection_rule=rule_text(profile.selection, thresholds),
             data_prefix=data_prefix,
             cost=cost,
+            threshold_figures=threshold_figures,
         )
         if summary.duplicate_idx or summary.duplicate_uid:  # the gate left out repeated uids: only an idx clash
             raise ReleaseGuardError(

@@ -8,6 +8,8 @@ writes, into a fresh local folder, only what describes them:
     README.md                     the dataset card (YAML header naming the data files for `datasets`; counts, means,
                                   histograms, thresholds, selection rule, cost per kept sample, excluded shards)
     figures/<metric>.png          histograms of the release metrics per split
+    figures/thresholds_*.png      per mode, every scored candidate's metrics with the thresholds marked, and the
+                                  samples kept as each threshold moves (analysis/plots.py; given by the caller)
     gallery/index.html            a sample of rows: source | edited | mask | instruction | scores
     gallery/images/*.png          the sample's images, next to the HTML
     release.json                  the machine-readable summary (counts, means, cost, data files with rows and sha256)
@@ -181,12 +183,14 @@ def build_release(
     selection_rule: str = "",
     data_prefix: str = "../",
     cost: ReleaseCost | None = None,
+    threshold_figures: Mapping[str, bytes] | None = None,
 ) -> ReleaseSummary:
     """Write the release folder (see module docstring) and return its summary. `thresholds`: split -> Thresholds.
     `shards`: the shards the release gate admitted (None: every filtered_release shard in the lake, for callers
     without a gate); `excluded`: shard -> reasons, listed on the card; `gate_rows`: the `release_gate` table;
     `data_prefix`: what makes a lake path reachable from the published card ("../" when the card is published in
-    the lake's `release/`, the lake root + "/" elsewhere); `cost`: the release's cost (release/cost.py)."""
+    the lake's `release/`, the lake root + "/" elsewhere); `cost`: the release's cost (release/cost.py);
+    `threshold_figures`: PNG name -> bytes, the threshold plots over the admitted shards' scored candidates."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = ReleaseSummary()
@@ -220,6 +224,10 @@ def build_release(
     summary.duplicate_uid = len(rows) - len({r["uid"] for r in rows})
     gallery_idx = _gallery_pick(rows, gallery_size)
     figures = _histograms(rows, out / "figures")
+    threshold_names = []
+    for name, png in (threshold_figures or {}).items():
+        threshold_names.append(f"thresholds_{name}")
+        (out / "figures" / threshold_names[-1]).write_bytes(png)
     split_counts: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
         split_counts[r["shard"]][r["split"]] += 1
@@ -264,7 +272,9 @@ def build_release(
     gallery.sort(key=lambda e: (e["split"], e["idx"]))
     summary.gallery_rows = len(gallery)
     (gallery_dir / "index.html").write_text(gallery_html(gallery, title), encoding="utf-8")
-    card = card_markdown(summary, thresholds, figures, title, profile_note, cost=cost)
+    card = card_markdown(
+        summary, thresholds, figures, title, profile_note, cost=cost, threshold_figures=threshold_names
+    )
     (out / "README.md").write_text(card, encoding="utf-8")
     (out / "release.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
     if gate_rows is not None:
@@ -305,6 +315,7 @@ def card_markdown(
     title: str,
     profile_note: str = "",
     cost: ReleaseCost | None = None,
+    threshold_figures: list[str] | None = None,
 ) -> str:
     yaml = [
         "---",
@@ -368,6 +379,17 @@ def card_markdown(
         "",
     ]
     lines += [f"![{f[:-4]}](figures/{f})" for f in figures]
+    if threshold_figures:
+        lines += [
+            "",
+            "### How the thresholds select: every scored candidate",
+            "",
+            "Per mode, the distribution of each metric over all scored candidates of the admitted shards (not only "
+            "the released rows), with the thresholds above marked, and the samples the selection rule keeps as one "
+            "threshold moves while the others stay at these values (docs/method.md §5).",
+            "",
+        ]
+        lines += [f"![{f[:-4]}](figures/{f})" for f in threshold_figures]
     lines += ["", "## Shards", ""]
     lines.append(
         f"{len(s.shards)} shard(s) passed the release gate (every blocking check passed on the shard's latest "
