@@ -118,6 +118,47 @@ def test_template_pipeline_end_to_end(tmp_path):
     assert lake.read_table("edit_instructions", SHARD).to_pylist() == rows
 
 
+def test_a_manifest_of_another_recipe_gets_that_recipes_triplets(tmp_path):
+    """A shard of a manifest registered with the ip2p recipe is written under tiny-ip2p: no region triplets
+    (InstructPix2Pix edits the whole image; a region row would reach the release without a mask) and its profile
+    on every row; the default manifest of the same captions keeps the active profile's share of region edits."""
+    import json
+
+    from ultraedit_dagster.core.profiles import TINY, TINY_IP2P
+    from ultraedit_dagster.sources.manifests import register_manifest
+
+    lake = Lake(str(tmp_path / "lake"))
+    manifest = tmp_path / "caps.jsonl"
+    manifest.write_text(json.dumps({"image": str(tmp_path / "a.png"), "caption": "a dog"}) + "\n")
+    register_manifest(lake, str(manifest), name="capsip", recipe="ip2p")
+    register_manifest(lake, str(manifest), name="caps")
+    demo = [
+        "A brown dog lying on a wooden porch next to a red door.",
+        "A red cup of espresso on a red saucer with a silver spoon on a wooden table.",
+        "A white rocket standing on a launch pad between tall towers under a blue evening sky.",
+        "A green bicycle leaning against a brick wall beside a blue bench.",
+        "Two cats sleeping on a grey sofa under a yellow lamp.",
+    ]
+    resources = {
+        "lake": LakeResource(root=str(tmp_path / "lake")),
+        "pipeline": PipelineResource(profile_name="tiny"),
+        "captioner": CaptionerResource(),
+        "instruction_writer": InstructionWriterResource.from_profile(TINY),
+    }
+    modes = {}
+    inst = dg.DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("shards", ["capsip-00000", "caps-00000"])
+    assert dg.materialize([seed_triplets], instance=inst, resources=resources).success
+    for shard in ("capsip-00000", "caps-00000"):
+        lake.write_table("source_images", shard, _source_rows(demo))
+        run = dg.materialize([captions, edit_instructions], partition_key=shard, instance=inst, resources=resources)
+        assert run.success
+        rows = [r for r in lake.read_table("edit_instructions", shard).to_pylist() if r["status"] == "ok"]
+        modes[shard] = {r["mode"] for r in rows}
+        assert {r["profile"] for r in rows} == {TINY_IP2P.name if shard.startswith("capsip") else TINY.name}
+    assert modes == {"capsip-00000": {"free_form"}, "caps-00000": {"free_form", "region"}}
+
+
 def test_bad_seed_file_fails_the_asset(tmp_path, monkeypatch):
     bad = tmp_path / "seeds.tsv"
     bad.write_text("Add\tA dog.\tadd a cat\tA dog and a cat.\nTwist\tA.\tb\tC.\n")

@@ -11,7 +11,6 @@ import pyarrow as pa
 from ultraedit_dagster.core.deploy_tags import GPU_OP_TAGS
 from ultraedit_dagster.core.imaging import thumbnail_grid
 from ultraedit_dagster.core.partitions import ShardProgress, materialize_each_shard_multi, shards
-from ultraedit_dagster.core.profiles import profile_for_recipe
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.core.rows import failure_reason
@@ -22,7 +21,7 @@ from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
 from ultraedit_dagster.scoring.resources import ScorerResource
 from ultraedit_dagster.scoring.rows import METRIC_SCORES_SCHEMA
-from ultraedit_dagster.sources.manifests import manifest_recipe
+from ultraedit_dagster.sources.manifests import shard_profile
 
 SCORES = "metric_scores"
 _RECIPE_EDITORS: dict[str, EditorResource] = {}  # one per recipe and configuration: its model loads once per process
@@ -93,7 +92,7 @@ def candidates_and_scores(
     def one_shard(shard: str) -> dict[str, dict[str, Any]]:
         lk = lake.lake
         # a manifest registered with a recipe runs under the active profile's variant for it (docs/method.md §12)
-        profile = profile_for_recipe(pipeline.profile, manifest_recipe(lk, shard))
+        profile = shard_profile(pipeline.profile, lk, shard)
         shard_editor = editor_for_recipe(editor, profile)
         ids = {
             "clip_model_id": scorer.clip_model_id,

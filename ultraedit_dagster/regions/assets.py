@@ -26,6 +26,7 @@ from ultraedit_dagster.regions.rows import (
     outcome,
     region_mask_batches,
 )
+from ultraedit_dagster.sources.manifests import shard_profile
 
 
 @dg.asset(
@@ -66,7 +67,7 @@ def region_masks(
             for rows, new_tiles in region_mask_batches(
                 lk,
                 shard,
-                profile=pipeline.profile,
+                profile=shard_profile(pipeline.profile, lk, shard),
                 global_seed=pipeline.global_seed,
                 tagger=tagger,
                 selector=object_selector,

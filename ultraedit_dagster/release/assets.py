@@ -21,6 +21,7 @@ from ultraedit_dagster.release.gate import exclude_duplicates, judge
 from ultraedit_dagster.release.gate_records import RUN_ID_KEY, gather, measured_model_seconds
 from ultraedit_dagster.release.schema import empty_release_table, release_row, release_schema
 from ultraedit_dagster.release.selection import release_rule, rule_text, select, thresholds_by_mode
+from ultraedit_dagster.sources.manifests import shard_profile
 
 PREVIEW_IMAGES = 8
 # Parquet footer key of a filtered_release shard naming its shard; RUN_ID_KEY names the run that wrote it (the release
@@ -66,7 +67,7 @@ def filtered_release(
 
     def one_shard(shard: str) -> dict:
         the_lake = lake.lake
-        profile = pipeline.profile
+        profile = shard_profile(pipeline.profile, the_lake, shard)  # a manifest's recipe selects under its own rule
         scores = [r for b in the_lake.iter_batches("metric_scores", shard, batch_size=4096) for r in b.to_pylist()]
         by_mode = thresholds_by_mode(profile)
         rule = release_rule(profile)
@@ -195,11 +196,8 @@ def release_card(
     its data (stored once, referenced by the card), a dataset card (counts by split, edit type and licence; metric
     means and histograms; the threshold plots over every scored candidate of the admitted shards; thresholds, L1
     band and selection rule; cost per kept sample; models; data files with row counts and sha256; every shard left
-    out and why), the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/` or a configured
-    folder, readable (0755 / 0644) like the rest of the lake."""
-    profile = pipeline.profile
-    thresholds = thresholds_by_mode(profile)
-    note = profile.free_form_thresholds.note if profile.name == "tiny" else ""
+    out and why), the `release_gate.parquet` table and a static HTML gallery. Written under the lake's `release/`
+    or a configured folder, readable (0755 / 0644) like the rest of the lake."""
     the_lake = lake.lake
     known = set(the_lake.list_shards("filtered_release")) | set(context.instance.get_dynamic_partitions("shards"))
     decisions = [judge(e) for e in gather(context.instance, the_lake, sorted(known))]
@@ -219,8 +217,26 @@ def release_card(
     cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
     # the card reaches the data files (the admitted filtered_release files, never copied) from where it is published
     data_prefix = "../" if not config.release_dir else the_lake.root.rstrip("/") + "/"
-    scored = [s for s in included if the_lake.exists("metric_scores", s)]
-    threshold_figures = lake_threshold_plots(the_lake, lake.s3_settings(), profile, scored).pngs if scored else {}
+    # shards of a manifest registered with another recipe were selected under that recipe's profile (§12)
+    by_profile: dict[str, list[str]] = {}
+    profiles = {pipeline.profile.name: pipeline.profile}
+    for shard in included:
+        shard_prof = shard_profile(pipeline.profile, the_lake, shard)
+        profiles[shard_prof.name] = shard_prof
+        by_profile.setdefault(shard_prof.name, []).append(shard)
+    used = [profiles[name] for name in sorted(by_profile)] or [pipeline.profile]
+    thresholds, rules, threshold_figures = {}, [], {}
+    mixed = len(used) > 1  # then the card names the profile beside each threshold column, rule and plot
+    for prof in used:
+        by_mode = thresholds_by_mode(prof)
+        thresholds.update({(f"{mode} ({prof.name})" if mixed else mode): t for mode, t in by_mode.items()})
+        rule = rule_text(prof.selection, by_mode)
+        rules.append(f"{prof.name} shards: {rule}" if mixed else rule)
+        scored = [s for s in by_profile.get(prof.name, []) if the_lake.exists("metric_scores", s)]
+        if scored:
+            plots = lake_threshold_plots(the_lake, lake.s3_settings(), prof, scored).pngs
+            threshold_figures.update({(f"{prof.name}_{name}" if mixed else name): png for name, png in plots.items()})
+    note = used[0].free_form_thresholds.note if [p.name for p in used] == ["tiny"] else ""
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
             the_lake,
@@ -232,7 +248,7 @@ def release_card(
             shards=included,
             excluded=excluded,
             gate_rows=gate_rows,
-            selection_rule=rule_text(profile.selection, thresholds),
+            selection_rule="; ".join(rules),
             data_prefix=data_prefix,
             cost=cost,
             threshold_figures=threshold_figures,

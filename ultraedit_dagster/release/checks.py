@@ -15,6 +15,7 @@ from ultraedit_dagster.release.assets import filtered_release
 from ultraedit_dagster.release.schema import IMAGE_COLUMNS
 from ultraedit_dagster.scoring.checks import out_of_range_counts
 from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, THRESHOLD_METRICS
+from ultraedit_dagster.sources.manifests import shard_profile
 
 # -- filtered_release -------------------------------------------------------------------------------------------
 
@@ -25,7 +26,7 @@ def filtered_release_meets_thresholds_result(
     lake: LakeResource, shard: str, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
     con = shard_connection(lake, "filtered_release", shard, RELEASE_SCALARS)
-    profile = pipeline.profile
+    profile = shard_profile(pipeline.profile, lake.lake, shard)
     violations: dict[str, int] = {}
     examples: list[str] = []
     for split, thr in (("free_form", profile.free_form_thresholds), ("region", profile.region_thresholds)):

@@ -12,6 +12,7 @@ from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.shard_sql import shard_connection
 from ultraedit_dagster.scoring.assets import metric_scores
 from ultraedit_dagster.scoring.metrics import METRIC_COLUMNS, METRIC_RANGES, THRESHOLD_METRICS
+from ultraedit_dagster.sources.manifests import shard_profile
 
 SCORE_SCALARS = ["candidate_uid", "status", "pass_all", *METRIC_COLUMNS]
 
@@ -58,7 +59,7 @@ def metric_scores_valid_ranges(context: dg.AssetCheckExecutionContext, lake: Lak
 
 def metric_scores_pass_rate_result(lake: LakeResource, shard: str, pipeline: PipelineResource) -> dg.AssetCheckResult:
     con = shard_connection(lake, "metric_scores", shard, ["mode", "status", "pass_all"])
-    minimum = pipeline.profile.selection.min_pass_rate
+    minimum = shard_profile(pipeline.profile, lake.lake, shard).selection.min_pass_rate
     ok, passed = con.execute("SELECT count(*), count(*) FILTER (WHERE pass_all) FROM t WHERE status = 'ok'").fetchone()
     by_mode = {
         m: f"{p}/{n}"
@@ -161,7 +162,7 @@ def metric_scores_expectations_result(
     lake: LakeResource, shard: str, pipeline: PipelineResource
 ) -> dg.AssetCheckResult:
     table = lake.lake.read_table("metric_scores", shard, columns=["status", "mode", *METRIC_COLUMNS])
-    success, failures, count = run_metric_expectations(table, pipeline.profile)
+    success, failures, count = run_metric_expectations(table, shard_profile(pipeline.profile, lake.lake, shard))
     md = "| rows | expectation | column / args | observed |\n|---|---|---|---|\n" + "\n".join(
         f"| {f['rows']} | {f['expectation']} | {f['kwargs']} | {f['observed']} |" for f in failures
     )

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ultraedit_dagster.core.ids import make_uid
 from ultraedit_dagster.core.partitions import shard_key, validate_manifest_name
+from ultraedit_dagster.core.profiles import Profile, profile_for_recipe
 from ultraedit_dagster.editing.params import RECIPES
 from ultraedit_dagster.lake.store import Lake
 
@@ -322,6 +323,12 @@ def manifest_recipe(lake: Lake, key: str) -> str | None:
     if not _registered(lake, reg_path):
         return None
     return _read_record(lake, reg_path, name).get("recipe")
+
+
+def shard_profile(profile: Profile, lake: Lake, key: str) -> Profile:
+    """The profile shard `key` is generated, selected and checked under: the active `profile`, or its variant for
+    the recipe the shard's manifest was registered with (docs/method.md §12)."""
+    return profile_for_recipe(profile, manifest_recipe(lake, key))
 
 
 def _registered(lake: Lake, relpath: str) -> bool:

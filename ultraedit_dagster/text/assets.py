@@ -1,5 +1,6 @@
 """Text stage: the seed pool, DALL-E 3-style recaptioning, and LLM / template edit-instruction expansion."""
 
+import dataclasses
 import io
 
 import dagster as dg
@@ -13,7 +14,7 @@ from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transie
 from ultraedit_dagster.core.rows import failure_reason
 from ultraedit_dagster.lake.resources import LakeResource
 from ultraedit_dagster.lake.store import Lake
-from ultraedit_dagster.sources.manifests import read_shard_manifest
+from ultraedit_dagster.sources.manifests import read_shard_manifest, shard_profile
 from ultraedit_dagster.sources.rows import is_retryable_error
 from ultraedit_dagster.text.resources import CaptionerResource, InstructionWriterResource
 from ultraedit_dagster.text.rows import (
@@ -102,7 +103,7 @@ def captions(
 
     def one_shard(shard: str) -> dict:
         captioner.start_shard()
-        profile = pipeline.profile.name
+        profile = shard_profile(pipeline.profile, lake.lake, shard).name
         total = failed = truncated = retryable = 0
         reasons: dict[str, int] = {}
         preview: list[dict] = []
@@ -179,7 +180,11 @@ def edit_instructions(
 
     def one_shard(shard: str) -> dict:
         instruction_writer.start_shard()
-        profile = pipeline.profile.name
+        shard_prof = shard_profile(pipeline.profile, lake.lake, shard)
+        profile = shard_prof.name
+        settings = instruction_writer.settings()
+        if shard_prof is not pipeline.profile:  # a manifest of another recipe: that recipe's share of region edits
+            settings = dataclasses.replace(settings, region_fraction=shard_prof.region_fraction)
         caps = lake.lake.read_table(
             "captions", shard, columns=["uid", "caption_short", "caption_desc", "status", "error"]
         )
@@ -192,11 +197,10 @@ def edit_instructions(
             profile=profile,
             seeds=seeds,
             global_seed=pipeline.global_seed,
-            settings=instruction_writer.settings(),
+            settings=settings,
             client=client,
         )
         # InstructPix2Pix's hygiene and near-duplicates against the shards with smaller keys (rows.apply_hygiene)
-        settings = instruction_writer.settings()
         unique = settings.one_per_caption or settings.one_per_url
         prior = PriorShards()
         if unique or instruction_writer.cross_shard_near_duplicates:
