@@ -100,7 +100,7 @@ JOBS = {
     "shard_pipeline": SHARD_ASSETS,
     "release": {"warehouse_views", "release_card", "threshold_plots", *DBT_MODELS},
 }
-SENSORS = {"manifest_inbox_sensor", "ultraedit_automation_sensor"}
+SENSORS = {"manifest_inbox_sensor", "ultraedit_automation_sensor", "dead_run_sensor"}
 SCHEDULES = {"nightly_incremental_rebuild"}
 RESOURCES = {
     "lake",

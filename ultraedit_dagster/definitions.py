@@ -24,7 +24,12 @@ from ultraedit_dagster.lake import assets as lake_assets  # noqa: E402
 from ultraedit_dagster.lake import dbt_assets  # noqa: E402
 from ultraedit_dagster.lake.resources import WarehouseResource, lake_resource_from_env  # noqa: E402
 from ultraedit_dagster.lake.store import SHARD_ASSETS  # noqa: E402
-from ultraedit_dagster.ops.automation import automation_sensor, build_inbox_sensor, build_rebuild_schedule  # noqa: E402
+from ultraedit_dagster.ops.automation import (  # noqa: E402
+    automation_sensor,
+    build_inbox_sensor,
+    build_rebuild_schedule,
+    dead_run_sensor,
+)
 from ultraedit_dagster.regions import assets as region_assets  # noqa: E402
 from ultraedit_dagster.regions import checks as region_checks  # noqa: E402
 from ultraedit_dagster.regions.resources import (  # noqa: E402
@@ -133,7 +138,7 @@ defs = dg.Definitions(
     ],
     asset_checks=[c for stage in STAGE_CHECKS for c in stage.asset_checks],
     jobs=[seed_pool_job, shard_pipeline_job, release_job],
-    sensors=[inbox_sensor, automation_sensor],
+    sensors=[inbox_sensor, automation_sensor, dead_run_sensor],
     schedules=[rebuild_schedule],
     resources=resources,
     executor=dg.in_process_executor,

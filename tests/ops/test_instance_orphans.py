@@ -10,32 +10,45 @@ import time
 
 import pytest
 
-# The job the subprocesses run: one asset in the `gpu` pool that signals when it holds the slot, then sleeps.
+# The job the subprocesses run: one asset in the `gpu` pool that signals when it holds the slot, then sleeps. With
+# WORKER_TAGS it uses the lake resource, whose set-up tags the run with its worker process as a daemon-launched run
+# worker's does; without, nothing in it tags the run.
 JOB = textwrap.dedent(
     """
     import os, sys, time
     import dagster as dg
+    from ultraedit_dagster.lake.resources import LakeResource
     from ultraedit_dagster.ops.instance import ensure_instance, local_run_tags
 
-    @dg.asset(pool="gpu")
-    def holds_gpu():
-        open(os.environ["MARKER"], "w").close()
-        time.sleep(float(os.environ["HOLD_SECONDS"]))
-        return 1
+    if os.environ.get("WORKER_TAGS"):
+        @dg.asset(pool="gpu")
+        def holds_gpu(lake: LakeResource):
+            open(os.environ["MARKER"], "w").close()
+            time.sleep(float(os.environ["HOLD_SECONDS"]))
+            return 1
+    else:
+        @dg.asset(pool="gpu")
+        def holds_gpu():
+            open(os.environ["MARKER"], "w").close()
+            time.sleep(float(os.environ["HOLD_SECONDS"]))
+            return 1
 
     instance = ensure_instance()
     # TAGGED: run as `ultraedit materialize` does, with the host / boot / pid tags the reaper reads
     tags = local_run_tags() if os.environ.get("TAGGED") else None
-    result = dg.materialize([holds_gpu], instance=instance, raise_on_error=False, tags=tags)
+    resources = {"lake": LakeResource(root=os.environ["MARKER"] + ".lake")} if os.environ.get("WORKER_TAGS") else {}
+    result = dg.materialize([holds_gpu], instance=instance, raise_on_error=False, tags=tags, resources=resources)
     print("RESULT", result.success, flush=True)
     """
 )
 
 
-def _start(tmp_path, marker, hold: float, tagged: bool = False) -> subprocess.Popen:
+def _start(tmp_path, marker, hold: float, tagged: bool = False, worker_tags: bool = False) -> subprocess.Popen:
     env = {**os.environ, "MARKER": str(marker), "HOLD_SECONDS": str(hold), "CUDA_VISIBLE_DEVICES": "0"}
     if tagged:
         env["TAGGED"] = "1"
+    if worker_tags:
+        env["WORKER_TAGS"] = "1"
     script = tmp_path / "job.py"
     script.write_text(JOB)
     return subprocess.Popen(
@@ -90,6 +103,42 @@ def test_sigkilled_run_holding_a_gpu_slot_is_failed_and_a_rerun_starts(tmp_path,
     rerun = _start(tmp_path, tmp_path / "rerun", hold=0)
     try:
         out, _ = rerun.communicate(timeout=240)  # before the fix this waited for the slot forever
+    finally:
+        rerun.kill()
+    assert "RESULT True" in out, out
+
+
+def test_the_dead_run_sensor_reaps_a_killed_run_with_no_cli_involved(tmp_path, monkeypatch):
+    """With only the UI and the daemon running (no CLI command to reap on start), the daemon's `dead_run_sensor`
+    marks a killed run failed and frees its slot, and a rerun starts."""
+    import dagster as dg
+
+    from ultraedit_dagster.ops.automation import dead_run_sensor
+
+    home = tmp_path / "dagster"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # gpu pool limit 1
+    victim = _start(tmp_path, tmp_path / "holding", hold=600, worker_tags=True)
+    try:
+        _wait_for(tmp_path / "holding", victim, 120)
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # not ensure_instance: that would reap
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED
+        first = dead_run_sensor(dg.build_sensor_context(instance=instance))
+        assert "reaped 1 dead run" in first.skip_message
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert not info.claimed_slots and not info.pending_steps
+        assert dead_run_sensor(dg.build_sensor_context(instance=instance)).skip_message == "no dead runs"
+
+    rerun = _start(tmp_path, tmp_path / "rerun", hold=0)
+    try:
+        out, _ = rerun.communicate(timeout=240)
     finally:
         rerun.kill()
     assert "RESULT True" in out, out
@@ -185,10 +234,12 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_on_postgres_a_killed_cli_run_is_reaped_and_a_rerun_starts(tmp_path, monkeypatch, postgres_url):
+def test_on_postgres_a_killed_run_worker_is_reaped_and_a_rerun_starts(tmp_path, monkeypatch, postgres_url):
     """Issue 15 item 1 on a production-style instance: before, `ensure_instance` reaped only SQLite instances, so a
-    `kill -9` of a run holding the `gpu` slot on Postgres blocked every later run. Runs another machine executed
-    (their pids mean nothing here) and untagged runs are left to Dagster's run monitoring."""
+    `kill -9` of a run holding the `gpu` slot on Postgres blocked every later run. The victim is not tagged by its
+    launcher (as a run the daemon launched is not): its run worker tags the run when its resources are set up, with
+    the same tags the CLI puts on its own runs. Runs another machine executed (their pids mean nothing here) and
+    untagged runs are left to Dagster's run monitoring."""
     import dagster as dg
     from dagster._core.events import EngineEventData
 
@@ -202,7 +253,7 @@ def test_on_postgres_a_killed_cli_run_is_reaped_and_a_rerun_starts(tmp_path, mon
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # gpu pool limit 1
 
-    victim = _start(tmp_path, tmp_path / "holding", hold=600, tagged=True)
+    victim = _start(tmp_path, tmp_path / "holding", hold=600, worker_tags=True)
     try:
         _wait_for(tmp_path / "holding", victim, 180)
         os.kill(victim.pid, signal.SIGKILL)

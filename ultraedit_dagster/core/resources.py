@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ultraedit_dagster.core.profiles import Profile, get_profile
+from ultraedit_dagster.core.run_tags import tag_run_with_this_process
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -23,6 +24,10 @@ class PipelineResource(dg.ConfigurableResource):
     @property
     def profile(self) -> Profile:
         return get_profile(self.profile_name or None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # a daemon-launched run records its machine and worker process, so a killed worker's run can be reaped
+        tag_run_with_this_process(context.instance, context.dagster_run)
 
 
 class LLMEndpoint(dg.ConfigurableResource):

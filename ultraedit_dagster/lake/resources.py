@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ultraedit_dagster.core import settings
+from ultraedit_dagster.core.run_tags import tag_run_with_this_process
 from ultraedit_dagster.lake.store import Lake
 from ultraedit_dagster.lake.warehouse import DEFAULT_WAREHOUSE_PATH, LOCK_WAIT_S
 
@@ -55,6 +56,10 @@ class LakeResource(dg.ConfigurableResource):
     root: str = DEFAULT_LAKE_ROOT
     s3: Optional[S3Connection] = None
     _lake: Optional[Lake] = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # a daemon-launched run records its machine and worker process, so a killed worker's run can be reaped
+        tag_run_with_this_process(context.instance, context.dagster_run)
 
     def s3_client(self):
         """A boto3 S3 client for the configured endpoint (also used to fetch s3:// source images)."""

@@ -9,6 +9,9 @@
   (mtime, name) of the newest file processed.
 - `automation_sensor`: evaluates every asset's `automation_condition` (per-shard assets are `eager()`, so a
   re-materialized upstream shard flows down to the release; `release_card` follows its release shards).
+- `dead_run_sensor`: every minute, marks failed the runs whose processes on this machine died (a killed run worker)
+  and frees the pool slots they held (`ops.instance.reap_orphaned_runs`), so a killed run never blocks a later one
+  while only the UI and the daemon run.
 - `build_rebuild_schedule(job, shard_asset_keys)`: nightly, requests exactly the (asset, shard) pairs that are missing
   or whose latest materialization attempt failed, and the shards holding failure rows marked retryable (from the
   stage that marked them on); healthy shards and shards with a run in progress are left alone.
@@ -32,6 +35,7 @@ from ultraedit_dagster.lake.resources import LakeResource
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 INBOX_SENSOR_NAME = "manifest_inbox_sensor"
 AUTOMATION_SENSOR_NAME = "ultraedit_automation_sensor"
+DEAD_RUN_SENSOR_NAME = "dead_run_sensor"
 REBUILD_SCHEDULE_NAME = "nightly_incremental_rebuild"
 REBUILD_CRON = "0 2 * * *"
 MAX_MANIFESTS_PER_TICK = 20
@@ -240,6 +244,25 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     description="Evaluates every asset's automation condition: downstream shards follow their upstream shards, "
     "and the release card follows the release shards.",
 )
+
+
+# -- runs whose processes died -------------------------------------------------------------------------------------
+
+
+@dg.sensor(
+    name=DEAD_RUN_SENSOR_NAME,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks failed the runs whose processes on this machine died (a killed run worker or CLI) and frees "
+    "the gpu / duckdb_writer slots they held, so a later run of the same step starts.",
+)
+def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    from ultraedit_dagster.ops.instance import reap_orphaned_runs
+
+    reaped = reap_orphaned_runs(context.instance)
+    for run_id in reaped:
+        context.log.warning(f"run {run_id}: its processes died; marked failed and its pool slots freed")
+    return dg.SkipReason(f"reaped {len(reaped)} dead run(s)" if reaped else "no dead runs")
 
 
 # -- incremental rebuild ------------------------------------------------------------------------------------------

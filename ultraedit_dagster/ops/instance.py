@@ -7,6 +7,11 @@ from importlib import resources as importlib_resources
 
 from ultraedit_dagster.core import settings
 
+# Which machine, boot and process executed a run (core/run_tags.py): the CLI tags its runs, a daemon-launched run
+# worker tags its own. local_run_tags is re-exported for the CLI.
+from ultraedit_dagster.core.run_tags import BOOT_TAG, HOST_TAG, PID_TAG, local_run_tags  # noqa: F401
+from ultraedit_dagster.core.run_tags import boot_id as _boot_id
+
 # Concurrency pools: one GPU-bound step per GPU, one writer of the DuckDB file.
 DEFAULT_POOL_LIMITS = {"duckdb_writer": 1}
 
@@ -112,28 +117,6 @@ def run_pids(instance, run_id: str) -> list[int]:
         if isinstance(text, (str, int)) and str(text).isascii() and str(text).isdigit() and int(text) not in pids:
             pids.append(int(text))
     return pids
-
-
-# Tags on every run the CLI executes in its own process (`local_run_tags`): which machine (and which boot of it) and
-# which process ran it, so the reaper can judge a run's processes on a shared instance (Postgres) too.
-HOST_TAG = "ultraedit/host"
-BOOT_TAG = "ultraedit/boot_id"
-PID_TAG = "ultraedit/pid"
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
-
-
-def local_run_tags() -> dict[str, str]:
-    """The tags that mark a run as executed by this process on this machine (see `reap_orphaned_runs`)."""
-    import socket
-
-    return {HOST_TAG: socket.gethostname(), BOOT_TAG: _boot_id(), PID_TAG: str(os.getpid())}
 
 
 def launched_here(run) -> bool:
