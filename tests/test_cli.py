@@ -197,3 +197,26 @@ def test_summary_reports_yield_early_stops_dropped_triplets_and_gated_shards(tmp
     assert "selected: 1" in out and "passed_triplet_dropped: 1" in out and "failed: 1" in out
     assert "triplets:   4, 2 stopped early, 2 region triplets kept nothing" in out
     assert "left out by the release gate:" in out and "s-00001: metric_scores_valid_ranges: ssim out of range" in out
+
+
+def test_the_demo_comparison_manifest_registers_the_same_images_once(tmp_path):
+    """`make demo` registers its first captions again under the other recipe, from a copy of the embedded manifest
+    with absolute image paths; registering it on a second `make demo` adds nothing."""
+    from importlib import resources as importlib_resources
+
+    from ultraedit_dagster.lake.store import Lake
+    from ultraedit_dagster.sources.manifests import manifest_recipe, register_manifest
+
+    embedded = importlib_resources.files("ultraedit_dagster") / "demo_data" / "manifest.jsonl"
+    text = cli.demo_subset(str(embedded), cli.DEMO_COMPARISON_IMAGES)
+    records = [json.loads(line) for line in text.splitlines()]
+    originals = [json.loads(line) for line in embedded.read_text().splitlines()][: cli.DEMO_COMPARISON_IMAGES]
+    assert [r["caption"] for r in records] == [r["caption"] for r in originals]
+    assert all(r["image"].startswith("/") and (tmp_path / r["image"]).is_file() for r in records)
+    subset = tmp_path / "demo-ip2p.jsonl"
+    subset.write_text(text)
+    lake = Lake(str(tmp_path / "lake"))
+    first = register_manifest(lake, str(subset), name="demo-ip2p", recipe="ip2p")
+    again = register_manifest(lake, str(subset), name="demo-ip2p", recipe="ip2p", existing_keys=set(first.shard_keys))
+    assert first.shard_keys == again.shard_keys == ["demo-ip2p-00000"] and not again.new_shard_keys
+    assert manifest_recipe(lake, "demo-ip2p-00000") == "ip2p"

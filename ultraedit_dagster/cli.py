@@ -20,6 +20,8 @@ from ultraedit_dagster.ops.instance import ensure_instance, local_run_tags, pool
 
 DEMO_MANIFEST = "demo"
 DEMO_SHARD_SIZE = 8
+# The demo also runs its first few captions through the other recipe (docs/method.md §12) and prints the comparison.
+DEMO_COMPARISON_IMAGES = 4
 # The CLI prints warnings and errors; the full DEBUG event stream is in the instance (see `make ui`).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The per-shard assets in graph order (lake.store.SHARD_ASSETS, repeated so --help need not import pyarrow;
@@ -190,6 +192,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME
+    from ultraedit_dagster.core.profiles import get_profile, profile_for_recipe
     from ultraedit_dagster.sources.manifests import register_manifest
 
     instance = ensure_instance()
@@ -197,16 +200,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     manifest = importlib_resources.files("ultraedit_dagster") / "demo_data" / "manifest.jsonl"
     existing = set(instance.get_dynamic_partitions(SHARDS_PARTITIONS_NAME))
     reg = register_manifest(lake, str(manifest), name=DEMO_MANIFEST, shard_size=args.shard_size, existing_keys=existing)
-    if reg.new_shard_keys:
-        instance.add_dynamic_partitions(SHARDS_PARTITIONS_NAME, reg.new_shard_keys)
     print(f"demo manifest: {reg.rows} images in shards {', '.join(reg.shard_keys)}")
-    outcome = materialize_shards(instance, reg.shard_keys)
+    new_keys, shard_keys = list(reg.new_shard_keys), list(reg.shard_keys)
+    # the same captions (the first few) through the other recipe, side by side in the same lake
+    profile = get_profile()
+    other = "ip2p" if profile.recipe == "ultraedit" else "ultraedit"
+    try:
+        profile_for_recipe(profile, other)
+    except ValueError:
+        other = None
+    if other and args.compare:
+        subset = settings.home() / f"demo-{other}.jsonl"
+        subset.parent.mkdir(parents=True, exist_ok=True)
+        subset.write_text(demo_subset(str(manifest), DEMO_COMPARISON_IMAGES), encoding="utf-8")
+        cmp_reg = register_manifest(
+            lake, str(subset), name=f"{DEMO_MANIFEST}-{other}", existing_keys=existing, recipe=other
+        )
+        print(f"demo manifest for recipe {other}: {cmp_reg.rows} of the same images in {', '.join(cmp_reg.shard_keys)}")
+        new_keys += cmp_reg.new_shard_keys
+        shard_keys += cmp_reg.shard_keys
+    if new_keys:
+        instance.add_dynamic_partitions(SHARDS_PARTITIONS_NAME, new_keys)
+    outcome = materialize_shards(instance, shard_keys)
     print_summary(lake, title="demo summary")
+    if other and args.compare and outcome.get("release"):
+        print_recipe_comparison()
     failed = [k for k, ok in outcome.items() if not ok]
     if failed:
         print(f"\nFAILED runs: {', '.join(failed)} (see `make ui` for the logs)")
         return 1
     return 0
+
+
+def demo_subset(manifest_path: str, n: int) -> str:
+    """The first `n` lines of the embedded demo manifest with absolute image paths (the copy lives elsewhere)."""
+    from pathlib import Path
+
+    folder = Path(manifest_path).parent
+    lines = []
+    for line in Path(manifest_path).read_text(encoding="utf-8").splitlines()[:n]:
+        record = json.loads(line)
+        record["image"] = str((folder / record["image"]).resolve())
+        lines.append(json.dumps(record))
+    return "\n".join(lines) + "\n"
+
+
+# What `make demo` prints from the dbt model recipe_comparison (docs/method.md §12).
+RECIPE_COMPARISON_QUERY = (
+    "SELECT recipe, mode, candidates_generated AS generated, kept, round(pass_rate_all, 3) AS pass_rate, "
+    "round(mean_clip_sim_dir, 3) AS clip_dir, round(candidates_per_kept_sample, 1) AS cand_per_kept, "
+    "round(unet_row_steps_per_kept_sample) AS unet_per_kept "
+    "FROM recipe_comparison WHERE edit_type = 'all' ORDER BY recipe, mode;"
+)
+
+
+def print_recipe_comparison() -> None:
+    """The recipes side by side (recipe_comparison, every edit type together): pass rates under each recipe's own
+    thresholds, metric means and what a kept sample cost."""
+    from ultraedit_dagster.lake.warehouse import connect_reader
+
+    print("\n== recipes side by side (recipe_comparison; per edit type: ultraedit sql, docs/method.md §12) ==")
+    con = connect_reader(settings.warehouse_path())
+    try:
+        run_sql(con, RECIPE_COMPARISON_QUERY)
+    finally:
+        con.close()
 
 
 def print_summary(lake, title: str = "lake summary", queries: bool = True) -> None:
@@ -443,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="register the embedded demo images and materialize the whole graph")
     p.add_argument("--shard-size", type=int, default=DEMO_SHARD_SIZE)
+    p.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help=f"skip running the first {DEMO_COMPARISON_IMAGES} captions through the other recipe (docs/method.md §12)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("materialize", help="run the per-shard graph (or some assets of it) for the given shards")
