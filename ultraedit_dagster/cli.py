@@ -224,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     outcome = materialize_shards(instance, shard_keys)
     print_summary(lake, title="demo summary")
     if other and args.compare and outcome.get("release"):
-        print_recipe_comparison()
+        print_recipe_comparison(lake)
     failed = [k for k, ok in outcome.items() if not ok]
     if failed:
         print(f"\nFAILED runs: {', '.join(failed)} (see `make ui` for the logs)")
@@ -254,9 +254,10 @@ RECIPE_COMPARISON_QUERY = (
 )
 
 
-def print_recipe_comparison() -> None:
+def print_recipe_comparison(lake) -> None:
     """The recipes side by side (recipe_comparison, every edit type together): pass rates under each recipe's own
-    thresholds, metric means and what a kept sample cost."""
+    thresholds, metric means and what a kept sample cost; then the measured model seconds per kept sample of each
+    recipe's shards, from the release card."""
     from ultraedit_dagster.lake.warehouse import connect_reader
 
     print("\n== recipes side by side (recipe_comparison; per edit type: ultraedit sql, docs/method.md §12) ==")
@@ -265,6 +266,12 @@ def print_recipe_comparison() -> None:
         run_sql(con, RECIPE_COMPARISON_QUERY)
     finally:
         con.close()
+    if lake.has_bytes("release/release.json"):
+        by_profile = (json.loads(lake.read_bytes("release/release.json")).get("cost") or {}).get("by_profile") or {}
+        for name, figures in sorted(by_profile.items()):
+            seconds = figures.get("model_seconds_per_kept_sample") or {}
+            shown = ", ".join(f"{k} {v}" for k, v in seconds.items()) or "not measured"
+            print(f"model seconds per kept sample, {name} shards ({figures.get('kept_samples')} kept): {shown}")
 
 
 def print_summary(lake, title: str = "lake summary", queries: bool = True) -> None:

@@ -158,3 +158,10 @@ def test_the_release_selects_and_checks_each_manifest_under_its_recipe(tmp_path,
     assert "| metric | free_form (tiny) | region (tiny) | free_form (tiny-ip2p) | region (tiny-ip2p) |" in text
     assert "tiny-ip2p shards: rule" in text and "tiny shards: rule" in text
     assert (tmp_path / "lake" / "release" / "figures" / "thresholds_tiny-ip2p_free_form_tradeoff.png").is_file()
+    # what a kept sample cost under each recipe, from its own shards: the card, release.json and the demo's print
+    by_profile = json.loads((tmp_path / "lake" / "release" / "release.json").read_text())["cost"]["by_profile"]
+    assert set(by_profile) == {"tiny", "tiny-ip2p"}
+    assert by_profile["tiny-ip2p"]["kept_samples"] == len(ip_released)
+    assert by_profile["tiny"]["kept_samples"] == len(lake.read_table("filtered_release", "caps-00000"))
+    assert set(by_profile["tiny-ip2p"]["model_seconds_per_kept_sample"]) == {"generation", "scoring"}
+    assert "| tiny-ip2p | " in text

@@ -214,7 +214,6 @@ def release_card(
     gate_rows = [{**r, "included": d.included} for d in decisions for r in d.rows]
     for shard, reasons in excluded.items():
         context.log.warning(f"release: shard {shard} left out: {'; '.join(reasons)}")
-    cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
     # the card reaches the data files (the admitted filtered_release files, never copied) from where it is published
     data_prefix = "../" if not config.release_dir else the_lake.root.rstrip("/") + "/"
     # shards of a manifest registered with another recipe were selected under that recipe's profile (§12)
@@ -237,6 +236,12 @@ def release_card(
             plots = lake_threshold_plots(the_lake, lake.s3_settings(), prof, scored).pngs
             threshold_figures.update({(f"{prof.name}_{name}" if mixed else name): png for name, png in plots.items()})
     note = used[0].free_form_thresholds.note if [p.name for p in used] == ["tiny"] else ""
+    cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
+    if mixed:  # what a kept sample cost under each recipe
+        cost.by_profile = {
+            name: release_cost(the_lake, group, measured_model_seconds(context.instance, group)).figures()
+            for name, group in sorted(by_profile.items())
+        }
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
             the_lake,

@@ -32,6 +32,8 @@ class ReleaseCost:
     unet_row_steps: dict[str, int] = field(default_factory=dict)
     lake_bytes: dict[str, int] = field(default_factory=dict)  # asset -> bytes over the admitted shards
     model_seconds: dict[str, float] = field(default_factory=dict)  # stage -> measured seconds (admitted shards)
+    # profile -> figures() of its shards alone, when the release holds shards of several recipes (docs/method.md §12)
+    by_profile: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def total_kept(self) -> int:
@@ -74,6 +76,7 @@ class ReleaseCost:
             },
             "lake_bytes": dict(sorted(self.lake_bytes.items())),
             "model_seconds": {k: round(v, 2) for k, v in sorted(self.model_seconds.items())},
+            "by_profile": self.by_profile,
         }
 
 
@@ -151,6 +154,16 @@ def cost_markdown(cost: ReleaseCost) -> list[str]:
     ]
     for stage, seconds in f["model_seconds_per_kept_sample"].items():
         lines.append(f"| model seconds per kept sample: {stage} | {show(seconds)} | | |")
+    if cost.by_profile:
+        lines += ["", "Per recipe (the shards of each profile alone):", ""]
+        lines += ["| profile | kept | candidates per kept | UNet row-steps per kept | model seconds per kept |"]
+        lines.append("|---|---|---|---|---|")
+        for name, p in sorted(cost.by_profile.items()):
+            seconds = ", ".join(f"{k} {show(v)}" for k, v in p["model_seconds_per_kept_sample"].items()) or "—"
+            lines.append(
+                f"| {name} | {show(p['kept_samples'])} | {show(p['candidates_per_kept_sample'])} | "
+                f"{show(p['unet_row_steps_per_kept_sample'])} | {seconds} |"
+            )
     lines += ["", "Pass rate of each threshold among scored candidates:", "", "| threshold | free_form | region |"]
     lines.append("|---|---|---|")
     rates = {m: cost.pass_rates(m) for m in MODES}
