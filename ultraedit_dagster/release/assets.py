@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from ultraedit_dagster.analysis.plots import card_markdown_for_ui, lake_threshold_plots
+from ultraedit_dagster.analysis.plots import card_markdown_for_ui
 from ultraedit_dagster.core.imaging import decode_png, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
@@ -19,8 +19,9 @@ from ultraedit_dagster.release.card import build_release
 from ultraedit_dagster.release.cost import release_cost
 from ultraedit_dagster.release.gate import exclude_duplicates, judge
 from ultraedit_dagster.release.gate_records import RUN_ID_KEY, gather, measured_model_seconds
+from ultraedit_dagster.release.recipes import RecipeGroups
 from ultraedit_dagster.release.schema import empty_release_table, release_row, release_schema
-from ultraedit_dagster.release.selection import release_rule, rule_text, select, thresholds_by_mode
+from ultraedit_dagster.release.selection import release_rule, select, thresholds_by_mode
 from ultraedit_dagster.sources.manifests import shard_profile
 
 PREVIEW_IMAGES = 8
@@ -216,44 +217,26 @@ def release_card(
         context.log.warning(f"release: shard {shard} left out: {'; '.join(reasons)}")
     # the card reaches the data files (the admitted filtered_release files, never copied) from where it is published
     data_prefix = "../" if not config.release_dir else the_lake.root.rstrip("/") + "/"
-    # shards of a manifest registered with another recipe were selected under that recipe's profile (§12)
-    by_profile: dict[str, list[str]] = {}
-    profiles = {pipeline.profile.name: pipeline.profile}
-    for shard in included:
-        shard_prof = shard_profile(pipeline.profile, the_lake, shard)
-        profiles[shard_prof.name] = shard_prof
-        by_profile.setdefault(shard_prof.name, []).append(shard)
-    used = [profiles[name] for name in sorted(by_profile)] or [pipeline.profile]
-    thresholds, rules, threshold_figures = {}, [], {}
-    mixed = len(used) > 1  # then the card names the profile beside each threshold column, rule and plot
-    for prof in used:
-        by_mode = thresholds_by_mode(prof)
-        thresholds.update({(f"{mode} ({prof.name})" if mixed else mode): t for mode, t in by_mode.items()})
-        rule = rule_text(prof.selection, by_mode)
-        rules.append(f"{prof.name} shards: {rule}" if mixed else rule)
-        scored = [s for s in by_profile.get(prof.name, []) if the_lake.exists("metric_scores", s)]
-        if scored:
-            plots = lake_threshold_plots(the_lake, lake.s3_settings(), prof, scored).pngs
-            threshold_figures.update({(f"{prof.name}_{name}" if mixed else name): png for name, png in plots.items()})
-    note = used[0].free_form_thresholds.note if [p.name for p in used] == ["tiny"] else ""
+    recipes = RecipeGroups.of(pipeline.profile, the_lake, included)
+    threshold_figures = recipes.threshold_figures(the_lake, lake.s3_settings())
     cost = release_cost(the_lake, included, measured_model_seconds(context.instance, included))
-    if mixed:  # what a kept sample cost under each recipe
+    if recipes.mixed:  # what a kept sample cost under each recipe
         cost.by_profile = {
             name: release_cost(the_lake, group, measured_model_seconds(context.instance, group)).figures()
-            for name, group in sorted(by_profile.items())
+            for name, group in recipes.shards.items()
         }
     with tempfile.TemporaryDirectory(prefix="ultraedit-release-") as tmp:
         summary = build_release(
             the_lake,
             tmp,
-            thresholds=thresholds,
-            profile_note=note,
+            thresholds=recipes.thresholds(),
+            profile_note=recipes.note(),
             gallery_size=config.gallery_size,
             title=config.title,
             shards=included,
             excluded=excluded,
             gate_rows=gate_rows,
-            selection_rule="; ".join(rules),
+            selection_rule=recipes.rule(),
             data_prefix=data_prefix,
             cost=cost,
             threshold_figures=threshold_figures,
