@@ -11,11 +11,14 @@ export DAGSTER_HOME ?= $(ULTRAEDIT_HOME)/dagster
 
 setup: $(STAMP)
 
-# The venv is rebuilt only when the lock or the project metadata change.
-$(STAMP): requirements.lock pyproject.toml
+# The venv is rebuilt only when the lock, the project metadata or this recipe change. The installed packages are
+# compiled to bytecode once here: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) Python never caches
+# it, and every process (each run worker, the dbt step, each CLI call) recompiled torch, transformers and dagster
+# from source: 16 s vs 7 s to import the model libraries (bench/README.md §1).
+$(STAMP): requirements.lock pyproject.toml Makefile
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv $(VENV) --python 3.11 --quiet
-	$(UV) pip sync --python $(PY) --quiet requirements.lock
+	$(UV) pip sync --python $(PY) --quiet --compile-bytecode requirements.lock
 	$(UV) pip install --python $(PY) --quiet --no-deps -e .
 	$(PY) -m ultraedit_dagster.lake.dbt_project
 	@touch $(STAMP)

@@ -5,16 +5,20 @@
 
 Each figure is the median wall time of fresh processes (`python -c "import ultraedit_dagster.definitions"`, then
 `python -m ultraedit_dagster.cli --help` / `materialize` without --shard), after one untimed warm-up run that fills
-the page cache and the .pyc files. Also printed: the modules the load imports that a code server should not need
+the page cache (and the .pyc files, where Python may write them). Also printed: the modules the load imports that a code server should not need
 (torch and the other model libraries: none expected) and the five slowest imports of the definitions module
 (`-X importtime`), and the CPU seconds (user + system) of the load, which other jobs on the machine disturb far less
 than the wall time: on an idle machine the wall time is about the CPU time.
+Also: how long a fresh process takes to import the model libraries (what each run worker pays once, before its
+first model loads), and whether the installed packages carry compiled bytecode (`make setup` compiles it: where
+PYTHONDONTWRITEBYTECODE is set Python never writes it, so without it every process compiles them from source).
 Targets (issue 13): definitions under 5 s on the idle 2-core development machine; --help and argument errors under
 1 s. Every figure is a wall time: run it when the machine is otherwise idle.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .common import REPO_ROOT, BenchResult, clean_env, median, print_result, quick, temp_home
 
@@ -118,6 +123,17 @@ def run(context: dict | None = None) -> BenchResult:
                     times.append(seconds)
             value = median(times)
             res.add(label, value, "s", f"< {CLI_TARGET_S:.0f} s", None if value is None else value < CLI_TARGET_S)
+        models = [py, "-c", "import torch, transformers, diffusers, open_clip, transformers.models.grounding_dino"]
+        _timed(models, env)  # warm-up: page cache
+        model_times = [_timed(models, env)[0] for _ in range(repeats)]
+        res.add("model libraries import (fresh process)", median(model_times), "s", note="torch, transformers, ...")
+        torch_init = importlib.util.find_spec("torch").origin  # found, not imported
+        compiled = (Path(torch_init).parent / "__pycache__").is_dir()
+        res.details["site_packages_bytecode_compiled"] = compiled
+        res.notes.append(
+            f"installed packages compiled to bytecode: {'yes' if compiled else 'no'}; "
+            f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}"
+        )
         base_s, _ = _timed([py, "-c", "pass"], env)
         res.details["interpreter_start_s"] = base_s
         res.details["load_avg_1min"] = os.getloadavg()[0]
