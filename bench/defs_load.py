@@ -5,10 +5,10 @@
 
 Each figure is the median wall time of fresh processes (`python -c "import ultraedit_dagster.definitions"`, then
 `python -m ultraedit_dagster.cli --help` / `materialize` without --shard), after one untimed warm-up run that fills
-the page cache (and the .pyc files, where Python may write them). Also printed: the modules the load imports that a code server should not need
-(torch and the other model libraries: none expected) and the five slowest imports of the definitions module
-(`-X importtime`), and the CPU seconds (user + system) of the load, which other jobs on the machine disturb far less
-than the wall time: on an idle machine the wall time is about the CPU time.
+the page cache (and the .pyc files, where Python may write them). Also printed: the modules the load imports that a
+code server should not need (torch and the other model libraries: none expected) and the five slowest imports of the
+definitions module (`-X importtime`), and the CPU seconds (user + system) of the load, which other jobs on the machine
+disturb far less than the wall time: on an idle machine the wall time is about the CPU time.
 Also: how long a fresh process takes to import the model libraries (what each run worker pays once, before its
 first model loads), and whether the installed packages carry compiled bytecode (`make setup` compiles it: where
 PYTHONDONTWRITEBYTECODE is set Python never writes it, so without it every process compiles them from source).
