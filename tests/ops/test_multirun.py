@@ -207,6 +207,7 @@ def test_inbox_backfill_and_repair_through_the_daemon(tmp_path, monkeypatch, pos
         "ULTRAEDIT_INBOX": str(tmp_path / "inbox"),
         "ULTRAEDIT_INBOX_SHARD_SIZE": "1",
         "ULTRAEDIT_PROFILE": "tiny",
+        "ULTRAEDIT_AUTOMATION_INTERVAL_S": "10",  # a small deployment: downstream follows within seconds
         "AWS_ENDPOINT_URL": moto_server.endpoint,
         "AWS_REGION": "us-east-1",
         # a loaded CI box can take over Dagster's default 60 s to answer a gRPC call (the daemon's StartRun seen at

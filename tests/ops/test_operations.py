@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import REPO
-from ultraedit_dagster.core import deploy_tags, retries
+from ultraedit_dagster.core import deploy_tags, retries, settings
 from ultraedit_dagster.core.partitions import SHARDS_PARTITIONS_NAME, shards
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake.resources import LakeResource, S3Connection
@@ -495,6 +495,18 @@ def test_deploy_files_and_gpu_tags():
 def test_automation_sensor_covers_all_assets():
     assert automation.automation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert isinstance(automation.automation_sensor, dg.AutomationConditionSensorDefinition)
+    assert automation.automation_sensor.minimum_interval_seconds == settings.automation_interval_s()
+
+
+def test_automation_interval_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("ULTRAEDIT_AUTOMATION_INTERVAL_S", raising=False)
+    assert settings.automation_interval_s() == 30
+    monkeypatch.setenv("ULTRAEDIT_AUTOMATION_INTERVAL_S", "10")
+    assert settings.automation_interval_s() == 10
+    for bad in ("0", "-5", "ten", "2.5"):
+        monkeypatch.setenv("ULTRAEDIT_AUTOMATION_INTERVAL_S", bad)
+        with pytest.raises(ValueError, match="ULTRAEDIT_AUTOMATION_INTERVAL_S"):
+            settings.automation_interval_s()
 
 
 def test_inbox_manifest_names_keep_their_version_suffix(tmp_path, monkeypatch, instance):

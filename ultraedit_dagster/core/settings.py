@@ -6,6 +6,7 @@ ULTRAEDIT_LAKE        lake root: a folder or s3://bucket/prefix (default $ULTRAE
 ULTRAEDIT_WAREHOUSE   DuckDB file (default $ULTRAEDIT_HOME/warehouse.duckdb)
 ULTRAEDIT_SEED        global seed (default 0)
 ULTRAEDIT_ALLOWED_URI_PREFIXES  comma-separated roots/buckets that manifest image URIs must lie under (default: any)
+ULTRAEDIT_AUTOMATION_INTERVAL_S  seconds between two evaluations of the automation sensor (default 30)
 AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: the S3 endpoint and credentials
 """
 
@@ -33,6 +34,15 @@ def dagster_home() -> Path:
 
 def global_seed() -> int:
     return int(os.environ.get("ULTRAEDIT_SEED", "0"))
+
+
+def automation_interval_s() -> int:
+    """How often the automation sensor evaluates the asset graph. Each evaluation reads the status of every
+    (asset, shard) pair, so a deployment of thousands of shards may want it longer; a small test deployment shorter."""
+    raw = os.environ.get("ULTRAEDIT_AUTOMATION_INTERVAL_S", "").strip() or "30"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"ULTRAEDIT_AUTOMATION_INTERVAL_S={raw!r}: expected a whole number of seconds, at least 1")
+    return int(raw)
 
 
 def allowed_uri_prefixes() -> list[str]:

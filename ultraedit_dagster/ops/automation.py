@@ -240,7 +240,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     AUTOMATION_SENSOR_NAME,
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=settings.automation_interval_s(),
     description="Evaluates every asset's automation condition: downstream shards follow their upstream shards, "
     "and the release card follows the release shards.",
 )
