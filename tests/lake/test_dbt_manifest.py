@@ -24,11 +24,11 @@ def _reference_assets():
     """What `@dbt_assets` made before (the translator of the former lake/dbt_assets.py)."""
     from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_assets
 
-    from ultraedit_dagster.lake.dbt_assets import WAREHOUSE_AUTOMATION
+    from ultraedit_dagster.core.conditions import FOLLOWS_WAREHOUSE
 
     class Translator(DagsterDbtTranslator):
         def get_automation_condition(self, props):
-            return WAREHOUSE_AUTOMATION if props["resource_type"] == "model" else None
+            return FOLLOWS_WAREHOUSE if props["resource_type"] == "model" else None
 
         def get_group_name(self, props):
             return "warehouse" if props["resource_type"] == "model" else super().get_group_name(props)

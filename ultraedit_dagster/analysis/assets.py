@@ -4,22 +4,21 @@ plotting is in analysis/plots.py; this is the Dagster face."""
 import dagster as dg
 
 from ultraedit_dagster.analysis import plots
+from ultraedit_dagster.core.conditions import FOLLOWS_WAREHOUSE
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.lake.resources import LakeResource
 
 PLOTS_DIR = "threshold_plots"  # in the lake: <lake>/threshold_plots/<mode>_<kind>.png, replaced on each run
 
+
 # Like the dbt models: follow the warehouse whenever threshold_sweep is rebuilt, even while some shards are missing.
-PLOTS_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-
-
 @dg.asset(
     deps=[dg.AssetKey("threshold_sweep")],
     group_name="warehouse",
     kinds={"python", "duckdb"},
     retry_policy=TRANSIENT_RETRY_POLICY,
-    automation_condition=PLOTS_AUTOMATION,
+    automation_condition=FOLLOWS_WAREHOUSE,
 )
 @retry_transient_only
 def threshold_plots(lake: LakeResource, pipeline: PipelineResource) -> dg.MaterializeResult:

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ultraedit_dagster.core.conditions import FOLLOWS_SHARDS
 from ultraedit_dagster.core.retries import TRANSIENT_RETRY_POLICY, retry_transient_only
 from ultraedit_dagster.lake.resources import LakeResource, WarehouseResource
 from ultraedit_dagster.lake.warehouse import (
@@ -26,8 +27,7 @@ def build_warehouse_views(lake_assets: list[str]) -> dg.AssetsDefinition:
         pool="duckdb_writer",
         # an analyst holding the file open makes the refresh fail with WarehouseLocked, a transient error
         retry_policy=TRANSIENT_RETRY_POLICY,
-        # follows every shard, even while other shards are missing (see dbt_assets.WAREHOUSE_AUTOMATION)
-        automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+        automation_condition=FOLLOWS_SHARDS,  # every shard, even while others are missing (core/conditions.py)
     )
     @retry_transient_only
     def warehouse_views(

@@ -20,6 +20,7 @@ from typing import Optional
 
 import dagster as dg
 
+from ultraedit_dagster.core.conditions import FOLLOWS_WAREHOUSE
 from ultraedit_dagster.core.resources import PipelineResource
 from ultraedit_dagster.lake import dbt_manifest
 from ultraedit_dagster.lake.dbt_project import DBT_PROJECT_DIR, MANIFEST, dbt_env, dbt_executable, selection_vars
@@ -35,11 +36,6 @@ if not MANIFEST.exists():
 MODELS = dbt_manifest.load(MANIFEST)
 UNIQUE_ID_METADATA_KEY = "dagster_dbt/unique_id"  # the key dagster-dbt uses, so its tooling still recognises ours
 _TAG_KEY = re.compile(r"^([A-Za-z0-9_.-]{1,63}/)?[A-Za-z0-9_.-]{1,63}$")
-
-
-# The warehouse follows the shards: rebuild whenever a shard upstream is materialized again, even while other shards
-# are missing or failed (a failed shard is a row in shard_quality, not a reason to stop refreshing the warehouse).
-WAREHOUSE_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 
 def _key(path: tuple[str, ...]) -> dg.AssetKey:
@@ -68,7 +64,9 @@ def _asset_spec(model: dbt_manifest.DbtModel) -> dg.AssetSpec:
         skippable=True,
         group_name="warehouse" if is_model else None,
         code_version=model.code_version,
-        automation_condition=WAREHOUSE_AUTOMATION if is_model else None,
+        # rebuilt whenever a shard upstream lands, even while others are missing or failed (a failed shard is a row
+        # in shard_quality, not a reason to stop refreshing the warehouse)
+        automation_condition=FOLLOWS_WAREHOUSE if is_model else None,
         owners=list(model.owners) or None,
         tags={t: "" for t in model.tags if _TAG_KEY.match(t)},
         kinds={"dbt", MODELS.adapter_type or "dbt"},

@@ -9,6 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ultraedit_dagster.analysis.plots import card_markdown_for_ui
+from ultraedit_dagster.core.conditions import FOLLOWS_SHARDS
 from ultraedit_dagster.core.imaging import decode_png, thumbnail_grid
 from ultraedit_dagster.core.partitions import materialize_each_shard, shards
 from ultraedit_dagster.core.resources import PipelineResource
@@ -177,17 +178,14 @@ def publish_folder(src: Path, lake: Lake, release_dir: str) -> str:
     return lake.replace_folder("release", src)
 
 
-# Follow the shards: re-publish whenever a filtered_release shard (or anything upstream) is materialized again,
-# even while other shards are missing (a failed shard is listed on the card, not a reason to stop publishing).
-RELEASE_CARD_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-
-
 @dg.asset(
     deps=[filtered_release],
     group_name="quality",
     kinds={"parquet", "html"},
     retry_policy=TRANSIENT_RETRY_POLICY,
-    automation_condition=RELEASE_CARD_AUTOMATION,
+    # re-published whenever a filtered_release shard lands, even while others are missing (a failed shard is
+    # listed on the card, not a reason to stop publishing)
+    automation_condition=FOLLOWS_SHARDS,
 )
 @retry_transient_only
 def release_card(
