@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, require_system_package
 
-# Several run processes on 2 shared cores: about 10 minutes on an idle development machine, more under load.
+# Several run processes on 2 shared cores: about 7 minutes on an idle development machine, more under load.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 DEMO = REPO / "ultraedit_dagster" / "demo_data"
