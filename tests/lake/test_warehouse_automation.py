@@ -38,6 +38,16 @@ def _land(instance, shard: str) -> None:
         instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=shard))
 
 
+def _first_shard_lands(defs, instance):
+    """Two shards registered, the first one lands: every shard follower is requested. Returns that tick's result."""
+    instance.add_dynamic_partitions("shards", ["w-00000", "w-00001"])
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    _land(instance, "w-00000")
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert all(second.get_num_requested(dg.AssetKey(a)) == 1 for a in SHARD_FOLLOWERS)
+    return second
+
+
 def test_a_shard_landing_just_after_the_summaries_are_rebuilt_is_not_lost():
     """Seen in the daemon test: the release card was written at 03:47:11, a filtered_release shard at 03:47:14, the
     next tick saw both, and with `eager()` the card never followed that shard. Each summary that reads the shard files
@@ -45,11 +55,7 @@ def test_a_shard_landing_just_after_the_summaries_are_rebuilt_is_not_lost():
     from ultraedit_dagster.definitions import defs
 
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("shards", ["w-00000", "w-00001"])
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        _land(instance, "w-00000")
-        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-        assert all(second.get_num_requested(dg.AssetKey(a)) == 1 for a in SHARD_FOLLOWERS)
+        second = _first_shard_lands(defs, instance)
         # the requested builds finish, and another shard lands just after them, before the next tick
         for asset in SHARD_FOLLOWERS:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset))
@@ -72,11 +78,7 @@ def test_a_shard_landing_after_the_request_but_before_the_next_tick_is_built_aga
     from ultraedit_dagster.definitions import defs
 
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("shards", ["w-00000", "w-00001"])
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        _land(instance, "w-00000")
-        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-        assert all(second.get_num_requested(dg.AssetKey(a)) == 1 for a in SHARD_FOLLOWERS)
+        second = _first_shard_lands(defs, instance)
         _land(instance, "w-00001")  # the requested builds have not finished yet
         third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
         assert [a for a in SHARD_FOLLOWERS if third.get_num_requested(dg.AssetKey(a)) != 1] == []
